@@ -1,0 +1,322 @@
+//! Admin operations: force-cleanup, the two-store debug view, a sweep for one license, stats.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::domain::{EndReason, Ident, Slot};
+use crate::error::{Error, Result};
+use crate::ledger::{FeatureStats, SessionEnd, ACTIVE};
+use crate::seats::EndOutcome;
+use crate::service::Service;
+use crate::sweep::{SweepReport, SweepScope};
+
+/// How far back the debug view and force-cleanup look for a user's sessions in the ledger.
+const LOOKBACK_MS: i64 = 24 * 3_600_000;
+
+#[derive(Debug, Clone)]
+pub struct ForceCleanup {
+    pub ended: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DebugSession {
+    pub session_id: String,
+    pub license: String,
+    pub status: String,
+    pub created_ms: Option<i64>,
+    pub last_heartbeat_ms: Option<i64>,
+    pub expires_ms: Option<i64>,
+    pub in_seat_store: bool,
+    pub in_ledger: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DebugLicense {
+    pub license: String,
+    pub limit: u32,
+    /// Live leases in the seat store (the authority).
+    pub seat_store_active: u64,
+    /// Rows the ledger holds active.
+    pub ledger_active: u64,
+    /// Both stores hold the same sessions (a lease that ran out and awaits the sweep is no drift).
+    pub consistent: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DebugView {
+    pub sessions: Vec<DebugSession>,
+    pub licenses: Vec<DebugLicense>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FeatureStatsView {
+    pub limit: u32,
+    pub active: u64,
+    pub stats: FeatureStats,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Service {
+    /// The licenses a user touched for a feature recently, plus `license` if given.
+    async fn user_slots(&self, user: &Ident, feature: &Ident, license: Option<&Ident>) -> Result<Vec<Slot>> {
+        let rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
+        let mut licenses: BTreeSet<String> = rows.into_iter().map(|r| r.license_id).collect();
+        if let Some(l) = license {
+            licenses.retain(|x| x == l.as_str());
+            licenses.insert(l.to_string());
+        }
+        licenses
+            .into_iter()
+            .map(|l| Ok(Slot { license: Ident::parse("licenseId", &l)?, feature: feature.clone() }))
+            .collect()
+    }
+
+    /// Ends every live session of a user for a feature, in the seat store and the ledger both.
+    pub async fn force_cleanup(&self, user: &Ident, feature: &Ident, license: Option<&Ident>) -> Result<ForceCleanup> {
+        if let Some(l) = license {
+            self.ledger.license(l).await?.ok_or_else(|| Error::NotFound(format!("license {l} not found")))?;
+        }
+        let mut ended = Vec::new();
+        let mut ends = Vec::new();
+        for slot in self.user_slots(user, feature, license).await? {
+            let snapshot = self.seats.snapshot(&slot).await?;
+            let mut seen = BTreeSet::new();
+            for entry in snapshot.live().filter(|e| e.user.as_deref() == Some(user.as_str())) {
+                seen.insert(entry.session_id.clone());
+                if let EndOutcome::Ended { at_ms, last_heartbeat_ms } =
+                    self.seats.end(&slot, &entry.session_id, None, EndReason::ForceEnded).await?
+                {
+                    ended.push(entry.session_id.clone());
+                    ends.push(SessionEnd {
+                        session_id: entry.session_id.clone(),
+                        reason: EndReason::ForceEnded,
+                        ended_at_ms: at_ms,
+                        last_heartbeat_at_ms: Some(last_heartbeat_ms),
+                    });
+                }
+            }
+            // Rows the ledger still holds active without a live seat end too: nothing stays stuck.
+            for row in self.ledger.active_sessions(&slot).await? {
+                if row.user_id == user.as_str() && !seen.contains(&row.session_id) {
+                    ends.push(SessionEnd {
+                        session_id: row.session_id.clone(),
+                        reason: EndReason::ForceEnded,
+                        ended_at_ms: snapshot.now_ms,
+                        last_heartbeat_at_ms: None,
+                    });
+                }
+            }
+        }
+        // The seats are already free; the ledger must learn it now, or the admin hears of it.
+        for sid in self.ledger.end_sessions(&ends).await? {
+            if !ended.contains(&sid) {
+                ended.push(sid);
+            }
+        }
+        Ok(ForceCleanup { ended })
+    }
+
+    /// Both stores side by side for one user and feature, drift flagged.
+    pub async fn debug(&self, user: &Ident, feature: &Ident) -> Result<DebugView> {
+        let rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
+        let mut sessions: BTreeMap<String, DebugSession> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.session_id.clone(),
+                    DebugSession {
+                        session_id: r.session_id.clone(),
+                        license: r.license_id.clone(),
+                        status: r.status.clone(),
+                        created_ms: Some(r.created_at_ms),
+                        last_heartbeat_ms: Some(r.last_heartbeat_at_ms),
+                        expires_ms: Some(r.expires_at_ms),
+                        in_seat_store: false,
+                        in_ledger: true,
+                    },
+                )
+            })
+            .collect();
+        let mut licenses = Vec::new();
+        for slot in self.user_slots(user, feature, None).await? {
+            let snapshot = self.seats.snapshot(&slot).await?;
+            for e in snapshot.entries.iter().filter(|e| e.user.as_deref() == Some(user.as_str())) {
+                let live = e.expires_ms > snapshot.now_ms;
+                let s = sessions.entry(e.session_id.clone()).or_insert_with(|| DebugSession {
+                    session_id: e.session_id.clone(),
+                    license: slot.license.to_string(),
+                    status: String::new(),
+                    created_ms: e.created_ms,
+                    last_heartbeat_ms: None,
+                    expires_ms: None,
+                    in_seat_store: false,
+                    in_ledger: false,
+                });
+                // The seat store is the authority on the lease: show its times.
+                s.in_seat_store = true;
+                s.last_heartbeat_ms = e.last_heartbeat_ms.or(s.last_heartbeat_ms);
+                s.expires_ms = Some(e.expires_ms);
+                s.status = if live { ACTIVE.into() } else { EndReason::Expired.as_str().into() };
+            }
+            let ledger_active = self.ledger.active_sessions(&slot).await?;
+            let store_ids: BTreeSet<&str> = snapshot.entries.iter().map(|e| e.session_id.as_str()).collect();
+            let ledger_ids: BTreeSet<&str> = ledger_active.iter().map(|r| r.session_id.as_str()).collect();
+            let limit = self
+                .ledger
+                .license(&slot.license)
+                .await?
+                .and_then(|l| l.features.get(&slot.feature).map(|p| p.max_sessions))
+                .unwrap_or(0);
+            licenses.push(DebugLicense {
+                license: slot.license.to_string(),
+                limit,
+                seat_store_active: snapshot.live().count() as u64,
+                ledger_active: ledger_active.len() as u64,
+                consistent: snapshot.initialized && store_ids == ledger_ids,
+            });
+        }
+        Ok(DebugView { sessions: sessions.into_values().collect(), licenses })
+    }
+
+    /// The sweep and a full reconciliation for one license, now.
+    pub async fn cleanup_license(
+        &self,
+        license: &Ident,
+        user: Option<Ident>,
+        feature: Option<Ident>,
+    ) -> Result<SweepReport> {
+        let l = self.ledger.license(license).await?.ok_or_else(|| Error::NotFound(format!("license {license} not found")))?;
+        if let Some(f) = &feature {
+            if !l.features.contains_key(f) {
+                return Err(Error::NotFound(format!("feature {f} is not part of license {license}")));
+            }
+        }
+        let report = self
+            .sweep(&SweepScope { license: Some(license.clone()), feature, user, full: true })
+            .await?;
+        if report.failed_slots > 0 {
+            return Err(Error::seat_store("some slots could not be swept"));
+        }
+        Ok(report)
+    }
+
+    /// Per-feature counters of a license over the last `window_seconds`.
+    pub async fn session_stats(&self, license: &Ident, window_seconds: u64) -> Result<BTreeMap<String, FeatureStatsView>> {
+        let l = self.ledger.license(license).await?.ok_or_else(|| Error::NotFound(format!("license {license} not found")))?;
+        let now = now_ms();
+        let mut stats = self.ledger.stats(license, now - window_seconds as i64 * 1000, now).await?;
+        let mut out = BTreeMap::new();
+        for (feature, policy) in &l.features {
+            let slot = Slot { license: license.clone(), feature: feature.clone() };
+            let active = self.seats.snapshot(&slot).await?.live().count() as u64;
+            let mut s = stats.remove(feature.as_str()).unwrap_or_default();
+            // The window's peak is at least what is live now.
+            s.peak_active = s.peak_active.max(active);
+            out.insert(feature.to_string(), FeatureStatsView { limit: policy.max_sessions, active, stats: s });
+        }
+        Ok(out)
+    }
+}
+
+/// The admin routes' HTTP mapping.
+pub(crate) mod http {
+    use std::collections::BTreeMap;
+
+    use lambda_http::{Body, Request, Response};
+    use serde_json::{json, Map, Value};
+
+    use crate::domain::{rfc3339_ms, EndReason};
+    use crate::http::{body_object, json_ok, opt_ident, path_ident, query_ident, query_u64, req_ident, require_admin, ApiError};
+    use crate::service::Service;
+
+    type ApiResult = Result<Response<Body>, ApiError>;
+
+    pub async fn force_cleanup(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+        require_admin(svc, req)?;
+        let user = path_ident(params, "userId")?;
+        let feature = path_ident(params, "feature")?;
+        let license = query_ident(req, "licenseId", false)?;
+        let done = svc.force_cleanup(&user, &feature, license.as_ref()).await?;
+        json_ok(json!({"userId": user, "feature": feature, "ended": done.ended.len(), "sessionIds": done.ended}))
+    }
+
+    pub async fn debug(svc: &Service, req: &Request) -> ApiResult {
+        require_admin(svc, req)?;
+        let user = query_ident(req, "userId", true)?.expect("required");
+        let feature = query_ident(req, "feature", true)?.expect("required");
+        let view = svc.debug(&user, &feature).await?;
+        let time = |t: Option<i64>| t.map(rfc3339_ms);
+        json_ok(json!({
+            "userId": user,
+            "feature": feature,
+            "sessions": view.sessions.iter().map(|s| json!({
+                "sessionId": s.session_id,
+                "licenseId": s.license,
+                "status": s.status,
+                "createdAt": time(s.created_ms),
+                "lastHeartbeatAt": time(s.last_heartbeat_ms),
+                "expiresAt": time(s.expires_ms),
+                "inSeatStore": s.in_seat_store,
+                "inLedger": s.in_ledger,
+            })).collect::<Vec<_>>(),
+            "licenses": view.licenses.iter().map(|l| json!({
+                "licenseId": l.license,
+                "limit": l.limit,
+                "active": l.seat_store_active,
+                "seatStoreActive": l.seat_store_active,
+                "ledgerActive": l.ledger_active,
+                "consistent": l.consistent,
+            })).collect::<Vec<_>>(),
+        }))
+    }
+
+    pub async fn cleanup_sessions(svc: &Service, req: &Request) -> ApiResult {
+        require_admin(svc, req)?;
+        let body = body_object(req)?;
+        let license = req_ident(&body, "licenseId")?;
+        let user = opt_ident(&body, "userId")?;
+        let feature = opt_ident(&body, "feature")?;
+        let r = svc.cleanup_license(&license, user, feature).await?;
+        json_ok(json!({
+            "licenseId": license,
+            "expired": r.expired,
+            "orphansRemoved": r.orphans_removed(),
+            "repaired": r.repaired,
+            "orphanSeats": r.orphan_seats,
+            "orphanRows": r.orphan_rows,
+            "heartbeatsWritten": r.heartbeats_written,
+        }))
+    }
+
+    pub async fn session_stats(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+        require_admin(svc, req)?;
+        let license = path_ident(params, "licenseId")?;
+        let window = query_u64(req, "windowSeconds", 86_400, 366 * 86_400)?;
+        let stats = svc.session_stats(&license, window).await?;
+        let features: Map<String, Value> = stats
+            .into_iter()
+            .map(|(f, v)| {
+                let ended = |r: EndReason| v.stats.ended_by.get(r.as_str()).copied().unwrap_or(0);
+                (
+                    f,
+                    json!({
+                        "limit": v.limit,
+                        "active": v.active,
+                        "peakActive": v.stats.peak_active,
+                        "created": v.stats.created,
+                        "ended": ended(EndReason::Ended),
+                        "expired": ended(EndReason::Expired),
+                        "evicted": ended(EndReason::Evicted),
+                        "replaced": ended(EndReason::Replaced),
+                        "forceEnded": ended(EndReason::ForceEnded),
+                        "limitRejections": v.stats.limit_rejections,
+                        "averageSessionSeconds": v.stats.average_session_seconds,
+                    }),
+                )
+            })
+            .collect();
+        json_ok(json!({"licenseId": license, "windowSeconds": window, "features": features}))
+    }
+}

@@ -1,0 +1,80 @@
+//! Configuration from the environment, as the contract's table gives it.
+
+use std::time::Duration;
+
+use crate::domain::PolicyDefaults;
+use crate::error::Error;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub redis_url: String,
+    pub ledger_url: String,
+    /// `None`: admin routes answer 401.
+    pub admin_token: Option<String>,
+    pub defaults: PolicyDefaults,
+    pub sweep_interval: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `get`, so that it can be tested without touching the process.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let num = |name: &'static str, default: u32| -> Result<u32, Error> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| Error::invalid(name, format!("{name} must be a whole number of seconds, 1 or more"))),
+            }
+        };
+        Ok(Config {
+            redis_url: get("SEATKEEPER_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            ledger_url: get("SEATKEEPER_LEDGER_URL").unwrap_or_else(|| "sqlite://seatkeeper.db".into()),
+            admin_token: get("SEATKEEPER_ADMIN_TOKEN").filter(|t| !t.is_empty()),
+            defaults: PolicyDefaults {
+                lease_ttl_seconds: num("SEATKEEPER_LEASE_TTL_SECONDS", 90)?,
+                heartbeat_interval_seconds: num("SEATKEEPER_HEARTBEAT_INTERVAL_SECONDS", 30)?,
+            },
+            sweep_interval: Duration::from_secs(num("SEATKEEPER_SWEEP_INTERVAL_SECONDS", 900)?.into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.ledger_url, "sqlite://seatkeeper.db");
+        assert_eq!(c.admin_token, None);
+        assert_eq!(c.defaults.lease_ttl_seconds, 90);
+        assert_eq!(c.defaults.heartbeat_interval_seconds, 30);
+        assert_eq!(c.sweep_interval, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_by_name() {
+        for bad in ["0", "-1", "abc", ""] {
+            let err = config(&[("SEATKEEPER_LEASE_TTL_SECONDS", bad)]).unwrap_err();
+            assert!(err.to_string().contains("SEATKEEPER_LEASE_TTL_SECONDS"));
+        }
+        let c = config(&[("SEATKEEPER_ADMIN_TOKEN", "t"), ("SEATKEEPER_SWEEP_INTERVAL_SECONDS", "5")]).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("t"));
+        assert_eq!(c.sweep_interval, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,607 @@
+//! The HTTP face of the service: the route table, request parsing and the contract's response and
+//! error shapes. Handlers take a `lambda_http::Request`, so the very same code runs in each Lambda
+//! function and in the local runner.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use lambda_http::http::{header, HeaderValue, Method, StatusCode};
+use lambda_http::{Body, Request, Response};
+use serde_json::{json, Map, Value};
+
+use crate::domain::{rfc3339_ms, FeaturePolicyInput, Ident, License};
+use crate::error::Error;
+use crate::service::{CreateSession, PutLicense, Service};
+use crate::token;
+
+/// Request bodies larger than this get `413 payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The contract's OpenAPI document, served at `/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    CreateSession,
+    Heartbeat,
+    CleanupSession,
+    ForceCleanup,
+    DebugSessions,
+    CleanupSessions,
+    SessionStats,
+    PutLicense,
+    GetLicense,
+    Health,
+    OpenApi,
+}
+
+pub struct Route {
+    pub method: Method,
+    /// Path template; `{name}` matches one segment.
+    pub path: &'static str,
+    pub op: Op,
+    /// The OpenAPI operationId, and the name of the Lambda function that serves the route.
+    pub operation_id: &'static str,
+}
+
+/// Every route of the service: the local runner, the Lambda functions and the infrastructure
+/// template all read this one table.
+pub static ROUTES: &[Route] = &[
+    Route { method: Method::POST, path: "/api/licenses/sessions", op: Op::CreateSession, operation_id: "createSession" },
+    Route { method: Method::POST, path: "/api/licenses/sessions/heartbeat", op: Op::Heartbeat, operation_id: "heartbeat" },
+    Route { method: Method::POST, path: "/api/licenses/sessions/cleanup", op: Op::CleanupSession, operation_id: "cleanupSession" },
+    Route {
+        method: Method::DELETE,
+        path: "/api/licenses/sessions/force-cleanup/{userId}/{feature}",
+        op: Op::ForceCleanup,
+        operation_id: "forceCleanup",
+    },
+    Route { method: Method::GET, path: "/api/licenses/sessions/debug", op: Op::DebugSessions, operation_id: "debugSessions" },
+    Route { method: Method::POST, path: "/api/licenses/cleanup-sessions", op: Op::CleanupSessions, operation_id: "cleanupSessions" },
+    Route { method: Method::GET, path: "/api/licenses/{licenseId}/session-stats", op: Op::SessionStats, operation_id: "sessionStats" },
+    Route { method: Method::PUT, path: "/api/licenses/{licenseId}", op: Op::PutLicense, operation_id: "putLicense" },
+    Route { method: Method::GET, path: "/api/licenses/{licenseId}", op: Op::GetLicense, operation_id: "getLicense" },
+    Route { method: Method::GET, path: "/health", op: Op::Health, operation_id: "health" },
+    Route { method: Method::GET, path: "/openapi.json", op: Op::OpenApi, operation_id: "openapi" },
+];
+
+impl Op {
+    pub fn route(self) -> &'static Route {
+        ROUTES.iter().find(|r| r.op == self).expect("every op has a route")
+    }
+}
+
+/// An error as the contract shapes it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Map<String, Value>,
+    pub retry_after: Option<u64>,
+    pub allow: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), details: Map::new(), retry_after: None, allow: None }
+    }
+
+    fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut error = Map::new();
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.into());
+        error.extend(self.details);
+        let mut resp = json_response(self.status, json!({ "error": error }));
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
+        resp
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidRequest { field, message } => {
+                let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+                match field {
+                    Some(f) => err.detail("field", f),
+                    None => err,
+                }
+            }
+            Error::Unauthorized(m) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m),
+            Error::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            Error::NotFound(m) => ApiError::not_found(m),
+            Error::SeatLimitReached { scope, limit, active, retry_after_seconds } => {
+                let mut err = ApiError::new(StatusCode::CONFLICT, "seat_limit_reached", "Maximum user limit reached")
+                    .detail("limit", limit)
+                    .detail("active", active)
+                    .detail("retryAfterSeconds", retry_after_seconds)
+                    .detail("scope", scope.as_str());
+                err.retry_after = Some(retry_after_seconds);
+                err
+            }
+            Error::SessionExpired { reason } => {
+                ApiError::new(StatusCode::GONE, "session_expired", format!("the session is over ({})", reason.as_str()))
+                    .detail("reason", reason.as_str())
+            }
+            Error::StoreUnavailable { store, detail } => {
+                tracing::error!(store = store.as_str(), error = %detail, "store unavailable");
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("the {} is unavailable; nothing was changed, try again", store.as_str()),
+                );
+                err.retry_after = Some(2);
+                err
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response<Body>, ApiError>;
+
+fn json_response(status: StatusCode, value: Value) -> Response<Body> {
+    let mut resp = Response::new(Body::Text(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub(crate) fn json_ok(value: Value) -> ApiResult {
+    Ok(json_response(StatusCode::OK, value))
+}
+
+/// Matches a path against a template, comparing the template with the path's last segments (so
+/// that an API Gateway stage prefix does not matter). Returns the decoded path parameters.
+fn match_template(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
+    let t: Vec<&str> = template.trim_matches('/').split('/').collect();
+    let p: Vec<&str> = path.trim_end_matches('/').trim_start_matches('/').split('/').collect();
+    if p.len() < t.len() {
+        return None;
+    }
+    let p = &p[p.len() - t.len()..];
+    let mut params = BTreeMap::new();
+    for (ts, ps) in t.iter().zip(p) {
+        if let Some(name) = ts.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+            if ps.is_empty() {
+                return None;
+            }
+            params.insert(name.to_owned(), percent_decode(ps)?);
+        } else if ts != ps {
+            return None;
+        }
+    }
+    Some(params)
+}
+
+/// Literal segments of a template: a more literal template wins over a parameter.
+fn literal_segments(template: &str) -> usize {
+    template.split('/').filter(|s| !s.starts_with('{')).count()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query_params(req: &Request) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+/// Serves a request through the route table (the local runner's entry point).
+pub async fn dispatch(svc: &Service, req: Request) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let matching: Vec<&Route> = ROUTES
+        .iter()
+        .filter(|r| match_template(r.path, &path).is_some() && r.path.split('/').count() == path.trim_end_matches('/').split('/').count())
+        .collect();
+    let best = matching.iter().map(|r| literal_segments(r.path)).max();
+    let candidates: Vec<&Route> = matching.into_iter().filter(|r| Some(literal_segments(r.path)) == best).collect();
+    match candidates.iter().find(|r| r.method == req.method()) {
+        Some(route) => handle(svc, route.op, req).await,
+        None if candidates.is_empty() => {
+            log_request("unknown", StatusCode::NOT_FOUND, Instant::now());
+            ApiError::not_found(format!("no route {path}")).into_response()
+        }
+        None => {
+            let allow = candidates.iter().map(|r| r.method.as_str()).collect::<Vec<_>>().join(", ");
+            let mut err = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {path}; use {allow}", req.method()),
+            );
+            err.allow = Some(allow);
+            log_request(candidates[0].operation_id, StatusCode::METHOD_NOT_ALLOWED, Instant::now());
+            err.into_response()
+        }
+    }
+}
+
+/// Serves one operation (a Lambda function's entry point). Logs route, status, latency and license.
+pub async fn handle(svc: &Service, op: Op, req: Request) -> Response<Body> {
+    use tracing::Instrument;
+    let route = op.route();
+    let span = tracing::info_span!("request", route = route.operation_id, license = tracing::field::Empty);
+    let started = Instant::now();
+    let resp = async {
+        if req.method() != route.method {
+            let mut err = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed here; use {}", req.method(), route.method),
+            );
+            err.allow = Some(route.method.to_string());
+            return err.into_response();
+        }
+        let resp = match run(svc, op, route, req).await {
+            Ok(resp) => resp,
+            Err(err) => err.into_response(),
+        };
+        log_request(route.operation_id, resp.status(), started);
+        resp
+    }
+    .instrument(span)
+    .await;
+    resp
+}
+
+fn log_request(route: &str, status: StatusCode, started: Instant) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(route, status = status.as_u16(), latency_ms, "request");
+}
+
+async fn run(svc: &Service, op: Op, route: &Route, req: Request) -> ApiResult {
+    let params = match_template(route.path, req.uri().path())
+        .ok_or_else(|| ApiError::not_found(format!("no route {}", req.uri().path())))?;
+    match op {
+        Op::CreateSession => create_session(svc, &req).await,
+        Op::Heartbeat => heartbeat(svc, &req).await,
+        Op::CleanupSession => cleanup_session(svc, &req).await,
+        Op::PutLicense => put_license(svc, &req, &params).await,
+        Op::GetLicense => get_license(svc, &req, &params).await,
+        Op::Health => health(svc).await,
+        Op::OpenApi => Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::Text(OPENAPI_JSON.to_owned()))
+            .expect("static response")),
+        Op::ForceCleanup => crate::admin::http::force_cleanup(svc, &req, &params).await,
+        Op::DebugSessions => crate::admin::http::debug(svc, &req).await,
+        Op::CleanupSessions => crate::admin::http::cleanup_sessions(svc, &req).await,
+        Op::SessionStats => crate::admin::http::session_stats(svc, &req, &params).await,
+    }
+}
+
+// ---- request parsing ----
+
+/// The body as a JSON object; an empty body is an empty object. Oversized: 413.
+pub(crate) fn body_object(req: &Request) -> Result<Map<String, Value>, ApiError> {
+    let bytes: &[u8] = match req.body() {
+        Body::Empty => b"",
+        Body::Text(s) => s.as_bytes(),
+        Body::Binary(b) => b,
+        _ => b"",
+    };
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is over {} bytes", MAX_BODY_BYTES),
+        ));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::InvalidRequest { field: None, message: "request body must be a JSON object".into() }.into()),
+        Err(e) => Err(Error::InvalidRequest { field: None, message: format!("request body is not valid JSON: {e}") }.into()),
+    }
+}
+
+/// An optional string field; `null` counts as absent.
+pub(crate) fn opt_str<'a>(body: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, Error> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Error::invalid(field, format!("{field} must be a string"))),
+    }
+}
+
+pub(crate) fn opt_ident(body: &Map<String, Value>, field: &'static str) -> Result<Option<Ident>, Error> {
+    opt_str(body, field)?.map(|s| Ident::parse(field, s)).transpose()
+}
+
+pub(crate) fn req_ident(body: &Map<String, Value>, field: &'static str) -> Result<Ident, Error> {
+    opt_ident(body, field)?.ok_or_else(|| Error::invalid(field, format!("{field} is required")))
+}
+
+/// The bearer credential of the Authorization header, if any.
+pub(crate) fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, cred) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim()).filter(|c| !c.is_empty())
+}
+
+/// Admin routes need the service-wide admin token.
+pub(crate) fn require_admin(svc: &Service, req: &Request) -> Result<(), ApiError> {
+    let Some(expected) = svc.config().admin_token.as_deref() else {
+        return Err(Error::Unauthorized("admin routes are disabled: SEATKEEPER_ADMIN_TOKEN is not set").into());
+    };
+    match bearer(req) {
+        Some(given) if token::secrets_equal(given, expected) => Ok(()),
+        Some(_) => Err(Error::Unauthorized("unknown admin token").into()),
+        None => Err(Error::Unauthorized("missing admin token: use Authorization: Bearer <adminToken>").into()),
+    }
+}
+
+pub(crate) fn path_ident(
+    params: &BTreeMap<String, String>,
+    name: &'static str,
+) -> Result<Ident, ApiError> {
+    Ok(Ident::parse(name, params.get(name).map(String::as_str).unwrap_or(""))?)
+}
+
+pub(crate) fn query_ident(req: &Request, name: &'static str, required: bool) -> Result<Option<Ident>, ApiError> {
+    match query_params(req).get(name) {
+        Some(v) => Ok(Some(Ident::parse(name, v)?)),
+        None if required => Err(Error::invalid(name, format!("query parameter {name} is required")).into()),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn query_u64(req: &Request, name: &'static str, default: u64, max: u64) -> Result<u64, ApiError> {
+    match query_params(req).get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| Error::invalid(name, format!("{name} must be a whole number from 1 to {max}")).into()),
+    }
+}
+
+// ---- client routes ----
+
+async fn create_session(svc: &Service, req: &Request) -> ApiResult {
+    let body = body_object(req)?;
+    let key = bearer(req).ok_or(Error::Unauthorized("missing license key: use Authorization: Bearer <licenseKey>"))?;
+    let metadata = match body.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            if m.len() > 16 {
+                return Err(Error::invalid("metadata", "metadata holds at most 16 entries").into());
+            }
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                let Value::String(v) = v else {
+                    return Err(Error::invalid("metadata", format!("metadata.{k} must be a string")).into());
+                };
+                if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+                    return Err(Error::invalid(
+                        "metadata",
+                        "metadata keys are 1 to 128 characters and values at most 1024",
+                    )
+                    .into());
+                }
+                out.insert(k.clone(), v.clone());
+            }
+            Some(out)
+        }
+        Some(_) => return Err(Error::invalid("metadata", "metadata must be an object of strings").into()),
+    };
+    let create = CreateSession {
+        user: req_ident(&body, "userId")?,
+        feature: req_ident(&body, "feature")?,
+        device: opt_ident(&body, "deviceId")?,
+        idempotency_key: opt_ident(&body, "idempotencyKey")?,
+        metadata,
+        license: opt_ident(&body, "licenseId")?,
+    };
+    let s = svc.create_session(key, create).await?;
+    let mut out = json!({
+        "sessionToken": s.token,
+        "sessionId": s.session_id,
+        "licenseId": s.license,
+        "userId": s.user,
+        "feature": s.feature,
+        "deviceId": s.device,
+        "createdAt": rfc3339_ms(s.created_ms),
+        "expiresAt": rfc3339_ms(s.expires_ms),
+        "heartbeatIntervalSeconds": s.policy.heartbeat_interval_seconds,
+        "leaseTtlSeconds": s.policy.lease_ttl_seconds,
+        "seats": {"limit": s.policy.max_sessions, "active": s.active},
+    });
+    if let Some(replaced) = s.replaced_session_id {
+        out["replacedSessionId"] = replaced.into();
+    }
+    let status = if s.replay { StatusCode::OK } else { StatusCode::CREATED };
+    Ok(json_response(status, out))
+}
+
+/// A session token from the Authorization header or, for keepalive fetches and beacons, the body.
+fn session_token(req: &Request) -> Result<String, ApiError> {
+    if let Some(t) = bearer(req) {
+        return Ok(t.to_owned());
+    }
+    let body = body_object(req)?;
+    opt_str(&body, "sessionToken")?.map(str::to_owned).ok_or_else(|| {
+        Error::Unauthorized("missing session token: use Authorization: Bearer <sessionToken> or {\"sessionToken\"}").into()
+    })
+}
+
+async fn heartbeat(svc: &Service, req: &Request) -> ApiResult {
+    body_object(req)?;
+    let token = session_token(req)?;
+    let r = svc.heartbeat(&token).await?;
+    json_ok(json!({
+        "sessionId": r.session_id,
+        "expiresAt": rfc3339_ms(r.expires_ms),
+        "heartbeatIntervalSeconds": r.heartbeat_interval_seconds,
+        "resurrected": r.resurrected,
+    }))
+}
+
+async fn cleanup_session(svc: &Service, req: &Request) -> ApiResult {
+    body_object(req)?;
+    let token = session_token(req)?;
+    let c = svc.cleanup(&token).await?;
+    json_ok(match c.reason {
+        Some(reason) => json!({"ended": c.ended, "reason": reason.as_str()}),
+        None => json!({"ended": c.ended}),
+    })
+}
+
+// ---- licenses ----
+
+fn license_json(l: &License) -> Value {
+    json!({
+        "licenseId": l.id,
+        "features": l.features.iter().map(|(f, p)| (f.to_string(), json!(p))).collect::<Map<_, _>>(),
+        "createdAt": rfc3339_ms(l.created_at_ms),
+        "updatedAt": rfc3339_ms(l.updated_at_ms),
+    })
+}
+
+async fn put_license(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    require_admin(svc, req)?;
+    let id = path_ident(params, "licenseId")?;
+    let body = body_object(req)?;
+    let key = opt_str(&body, "key")?.map(str::to_owned);
+    let features = match body.get("features") {
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(name, v)| {
+                if !v.is_object() {
+                    return Err(Error::invalid_owned(
+                        format!("features.{name}"),
+                        format!("features.{name} must be an object"),
+                    ));
+                }
+                serde_json::from_value::<FeaturePolicyInput>(v.clone())
+                    .map(|p| (name.clone(), p))
+                    .map_err(|e| Error::invalid_owned(format!("features.{name}"), format!("features.{name}: {e}")))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?,
+        None | Some(Value::Null) => return Err(Error::invalid("features", "features is required").into()),
+        Some(_) => return Err(Error::invalid("features", "features must be an object").into()),
+    };
+    let written = svc.put_license(id, PutLicense { key, features }).await?;
+    let mut out = license_json(&written.license);
+    if let Some(key) = written.generated_key {
+        out["key"] = key.into();
+    }
+    Ok(json_response(if written.created { StatusCode::CREATED } else { StatusCode::OK }, out))
+}
+
+async fn get_license(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    require_admin(svc, req)?;
+    let id = path_ident(params, "licenseId")?;
+    json_ok(license_json(&svc.get_license(id).await?))
+}
+
+async fn health(svc: &Service) -> ApiResult {
+    let h = svc.health().await;
+    let word = |up: bool| if up { "ok" } else { "down" };
+    let body = json!({
+        "status": if h.seat_store && h.ledger { "ok" } else { "degraded" },
+        "seatStore": word(h.seat_store),
+        "ledger": word(h.ledger),
+    });
+    if h.seat_store && h.ledger {
+        json_ok(body)
+    } else {
+        let mut resp = json_response(StatusCode::SERVICE_UNAVAILABLE, body);
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5u64));
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_and_decode_parameters() {
+        let p = match_template("/api/licenses/{licenseId}", "/api/licenses/ab%40c").unwrap();
+        assert_eq!(p["licenseId"], "ab@c");
+        assert!(match_template("/api/licenses/{licenseId}", "/api/other/x").is_none());
+        // A stage prefix in front does not matter.
+        assert!(match_template("/health", "/prod/health").is_some());
+        assert!(match_template("/api/licenses/{licenseId}", "/api/licenses/").is_none());
+    }
+
+    #[test]
+    fn every_route_is_unique_and_literal_routes_win() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(!(a.method == b.method && a.path == b.path), "{} twice", a.path);
+                assert_ne!(a.operation_id, b.operation_id);
+            }
+        }
+        assert!(literal_segments("/api/licenses/sessions") > literal_segments("/api/licenses/{licenseId}"));
+    }
+
+    #[test]
+    fn errors_take_the_contract_shape() {
+        let resp = ApiError::from(Error::SeatLimitReached {
+            scope: crate::domain::LimitScope::License,
+            limit: 2,
+            active: 2,
+            retry_after_seconds: 7,
+        })
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "7");
+        let Body::Text(t) = resp.body() else { panic!("text body") };
+        let v: Value = serde_json::from_str(t).unwrap();
+        assert_eq!(v["error"]["code"], "seat_limit_reached");
+        assert_eq!(v["error"]["message"], "Maximum user limit reached");
+        assert_eq!(v["error"]["retryAfterSeconds"], 7);
+
+        let resp = ApiError::from(Error::ledger("SELECT secret FROM x failed")).into_response();
+        let Body::Text(t) = resp.body() else { panic!("text body") };
+        assert!(!t.contains("SELECT"), "no internals leak: {t}");
+    }
+}

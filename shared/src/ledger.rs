@@ -1,0 +1,621 @@
+//! The ledger: the durable history of licenses and sessions, and what the seat store is rebuilt
+//! from. `Ledger` is the seam for other backends (DynamoDB later); `SqlLedger` serves SQLite,
+//! PostgreSQL and MySQL/MariaDB through sqlx's `Any` driver with portable SQL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use crate::domain::{EndReason, FeaturePolicy, Ident, License, OnLimit, Slot};
+use crate::error::{Error, Result};
+
+/// A session as the ledger records it. `status` is `active` or an end reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub license_id: String,
+    pub feature: String,
+    pub user_id: String,
+    pub device_id: Option<String>,
+    pub token_hash: String,
+    pub idempotency_key: Option<String>,
+    pub metadata: Option<String>,
+    pub status: String,
+    pub created_at_ms: i64,
+    pub last_heartbeat_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+}
+
+pub const ACTIVE: &str = "active";
+
+impl SessionRow {
+    pub fn slot(&self) -> Option<Slot> {
+        Some(Slot {
+            license: Ident::parse("licenseId", &self.license_id).ok()?,
+            feature: Ident::parse("feature", &self.feature).ok()?,
+        })
+    }
+}
+
+/// The end of a session, to record.
+#[derive(Clone, Debug)]
+pub struct SessionEnd {
+    pub session_id: String,
+    pub reason: EndReason,
+    pub ended_at_ms: i64,
+    /// Written back from the seat store, where heartbeats are kept.
+    pub last_heartbeat_at_ms: Option<i64>,
+}
+
+/// What `put_license` did.
+#[derive(Debug)]
+pub struct PutLicense {
+    pub created: bool,
+    pub license: License,
+}
+
+/// Counters of one feature over a stats window.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FeatureStats {
+    pub created: u64,
+    pub ended_by: BTreeMap<&'static str, u64>,
+    pub limit_rejections: u64,
+    pub peak_active: u64,
+    pub average_session_seconds: f64,
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    async fn ping(&self) -> Result<()>;
+    /// Creates or replaces a license with exactly these features. `key_hash` is required on creation.
+    async fn put_license(
+        &self,
+        id: &Ident,
+        key_hash: Option<&str>,
+        features: &BTreeMap<Ident, FeaturePolicy>,
+        now_ms: i64,
+    ) -> Result<PutLicense>;
+    async fn license(&self, id: &Ident) -> Result<Option<License>>;
+    async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>>;
+    /// Records a new session and, in the same transaction, the ends it caused (takeover, eviction).
+    async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()>;
+    /// Records ends of sessions still active in the ledger; returns the ids it changed.
+    async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>>;
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRow>>;
+    async fn active_sessions(&self, slot: &Slot) -> Result<Vec<SessionRow>>;
+    async fn record_limit_rejection(&self, slot: &Slot, user: &Ident, at_ms: i64) -> Result<()>;
+    /// Every (license, feature) pair of every license: the slots a sweep visits.
+    async fn slots(&self) -> Result<Vec<Slot>>;
+    /// Sessions of a user for a feature that are active or ended since `since_ms`.
+    async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>>;
+    /// Sets heartbeat times of active sessions from the seat store: (session id, last heartbeat, expiry).
+    async fn write_heartbeats(&self, beats: &[(String, i64, i64)]) -> Result<u64>;
+    /// Counters per feature of a license over `[since_ms, now_ms]`.
+    async fn stats(&self, license: &Ident, since_ms: i64, now_ms: i64) -> Result<BTreeMap<String, FeatureStats>>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+#[derive(Clone)]
+pub struct SqlLedger {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl SqlLedger {
+    /// Connects and applies the embedded migrations. SQLite files are created when missing.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if url.starts_with("sqlite:") {
+            let url = if url.contains("mode=") || url.contains(":memory:") {
+                url.to_owned()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Dialect::Sqlite, url)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            (Dialect::Postgres, url.to_owned())
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            (Dialect::MySql, url.replacen("mariadb:", "mysql:", 1))
+        } else {
+            return Err(Error::ledger(format!(
+                "unsupported ledger URL scheme in {:?}: use sqlite://, postgres:// or mysql://",
+                url.split(':').next().unwrap_or("")
+            )));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&url)
+            .await
+            .map_err(Error::ledger)?;
+        let ledger = SqlLedger { pool, dialect };
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        if self.dialect == Dialect::Sqlite {
+            // WAL lets readers run beside the writer; the setting persists in the file.
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&self.pool).await.map_err(Error::ledger)?;
+        }
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+            Dialect::MySql => sqlx::migrate!("./migrations/mysql"),
+        };
+        migrator.run(&self.pool).await.map_err(Error::ledger)
+    }
+
+    /// Portable SQL uses `?` placeholders; PostgreSQL wants `$1, $2, ...`.
+    fn sql(&self, q: &str) -> AssertSqlSafe<String> {
+        AssertSqlSafe(if self.dialect == Dialect::Postgres {
+            let mut out = String::with_capacity(q.len() + 8);
+            let mut n = 0;
+            for c in q.chars() {
+                if c == '?' {
+                    n += 1;
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        } else {
+            q.to_owned()
+        })
+    }
+
+    /// `?, ?, ?` for `n` values.
+    fn placeholders(n: usize) -> String {
+        vec!["?"; n].join(", ")
+    }
+
+    async fn load_license(&self, row: Option<AnyRow>) -> Result<Option<License>> {
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("license_id").map_err(Error::ledger)?;
+        let rows = sqlx::query(self.sql(
+            "SELECT feature, max_sessions, max_sessions_per_user, on_limit, lease_ttl_seconds, \
+             heartbeat_interval_seconds, resurrect_window_seconds FROM license_features WHERE license_id = ?",
+        ))
+        .bind(&id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::ledger)?;
+        let mut features = BTreeMap::new();
+        for r in rows {
+            let int = |c: &str| -> Result<u32> { Ok(r.try_get::<i64, _>(c).map_err(Error::ledger)? as u32) };
+            let feature: String = r.try_get("feature").map_err(Error::ledger)?;
+            let on_limit: String = r.try_get("on_limit").map_err(Error::ledger)?;
+            let per_user: Option<i64> = r.try_get("max_sessions_per_user").map_err(Error::ledger)?;
+            features.insert(
+                Ident::parse("feature", &feature)?,
+                FeaturePolicy {
+                    max_sessions: int("max_sessions")?,
+                    max_sessions_per_user: per_user.map(|n| n as u32),
+                    on_limit: OnLimit::parse(&on_limit).unwrap_or_default(),
+                    lease_ttl_seconds: int("lease_ttl_seconds")?,
+                    heartbeat_interval_seconds: int("heartbeat_interval_seconds")?,
+                    resurrect_window_seconds: int("resurrect_window_seconds")?,
+                },
+            );
+        }
+        Ok(Some(License {
+            id: Ident::parse("licenseId", &id)?,
+            features,
+            created_at_ms: row.try_get("created_at").map_err(Error::ledger)?,
+            updated_at_ms: row.try_get("updated_at").map_err(Error::ledger)?,
+        }))
+    }
+
+    async fn sessions_where(&self, filter: &str, binds: &[&str]) -> Result<Vec<SessionRow>> {
+        let q = format!(
+            "SELECT session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, metadata, \
+             status, created_at, last_heartbeat_at, expires_at, ended_at FROM sessions WHERE {filter}"
+        );
+        let mut query = sqlx::query(self.sql(&q));
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(Error::ledger)?;
+        rows.iter().map(session_row).collect::<std::result::Result<_, _>>().map_err(Error::ledger)
+    }
+
+    async fn insert_event(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        slot: (&str, &str),
+        session_id: Option<&str>,
+        user: &str,
+        kind: &str,
+        at_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(self.sql(
+            "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(slot.0)
+        .bind(slot.1)
+        .bind(session_id)
+        .bind(user)
+        .bind(kind)
+        .bind(at_ms)
+        .execute(tx)
+        .await
+        .map_err(Error::ledger)
+        .map(drop)
+    }
+
+    /// Ends the given sessions inside an open transaction; returns the ids it changed.
+    async fn end_in(&self, tx: &mut sqlx::AnyConnection, ends: &[SessionEnd]) -> Result<Vec<String>> {
+        let mut changed = Vec::new();
+        for end in ends {
+            let q = "UPDATE sessions SET status = ?, ended_at = ?, \
+                     last_heartbeat_at = CASE WHEN ? > last_heartbeat_at THEN ? ELSE last_heartbeat_at END, \
+                     expires_at = CASE WHEN ? < expires_at THEN ? ELSE expires_at END \
+                     WHERE session_id = ? AND status = 'active'";
+            let hb = end.last_heartbeat_at_ms.unwrap_or(0);
+            let done = sqlx::query(self.sql(q))
+                .bind(end.reason.as_str())
+                .bind(end.ended_at_ms)
+                .bind(hb)
+                .bind(hb)
+                .bind(end.ended_at_ms)
+                .bind(end.ended_at_ms)
+                .bind(&end.session_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::ledger)?;
+            if done.rows_affected() == 1 {
+                let row = sqlx::query(self.sql("SELECT license_id, feature, user_id FROM sessions WHERE session_id = ?"))
+                    .bind(&end.session_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(Error::ledger)?;
+                let (l, f, u): (String, String, String) = (
+                    row.try_get(0).map_err(Error::ledger)?,
+                    row.try_get(1).map_err(Error::ledger)?,
+                    row.try_get(2).map_err(Error::ledger)?,
+                );
+                self.insert_event(tx, (&l, &f), Some(&end.session_id), &u, end.reason.as_str(), end.ended_at_ms)
+                    .await?;
+                changed.push(end.session_id.clone());
+            }
+        }
+        Ok(changed)
+    }
+}
+
+fn session_row(r: &AnyRow) -> std::result::Result<SessionRow, sqlx::Error> {
+    Ok(SessionRow {
+        session_id: r.try_get("session_id")?,
+        license_id: r.try_get("license_id")?,
+        feature: r.try_get("feature")?,
+        user_id: r.try_get("user_id")?,
+        device_id: r.try_get("device_id")?,
+        token_hash: r.try_get("token_hash")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        metadata: r.try_get("metadata")?,
+        status: r.try_get("status")?,
+        created_at_ms: r.try_get("created_at")?,
+        last_heartbeat_at_ms: r.try_get("last_heartbeat_at")?,
+        expires_at_ms: r.try_get("expires_at")?,
+        ended_at_ms: r.try_get("ended_at")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl Ledger for SqlLedger {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(Error::ledger).map(drop)
+    }
+
+    async fn put_license(
+        &self,
+        id: &Ident,
+        key_hash: Option<&str>,
+        features: &BTreeMap<Ident, FeaturePolicy>,
+        now_ms: i64,
+    ) -> Result<PutLicense> {
+        let mut tx = self.pool.begin().await.map_err(Error::ledger)?;
+        let exists = sqlx::query(self.sql("SELECT created_at FROM licenses WHERE license_id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::ledger)?
+            .is_some();
+        let write = if exists {
+            sqlx::query(self.sql("UPDATE licenses SET key_hash = COALESCE(?, key_hash), updated_at = ? WHERE license_id = ?"))
+                .bind(key_hash)
+                .bind(now_ms)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+        } else {
+            let key_hash = key_hash.ok_or_else(|| Error::invalid("key", "key is required"))?;
+            sqlx::query(self.sql("INSERT INTO licenses (license_id, key_hash, created_at, updated_at) VALUES (?, ?, ?, ?)"))
+                .bind(id.as_str())
+                .bind(key_hash)
+                .bind(now_ms)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+        };
+        match write {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::invalid("key", "key is already in use by another license"));
+            }
+            other => other.map_err(Error::ledger)?,
+        };
+        sqlx::query(self.sql("DELETE FROM license_features WHERE license_id = ?"))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::ledger)?;
+        for (feature, p) in features {
+            sqlx::query(self.sql(&format!(
+                "INSERT INTO license_features (license_id, feature, max_sessions, max_sessions_per_user, on_limit, \
+                 lease_ttl_seconds, heartbeat_interval_seconds, resurrect_window_seconds) VALUES ({})",
+                Self::placeholders(8)
+            )))
+            .bind(id.as_str())
+            .bind(feature.as_str())
+            .bind(i64::from(p.max_sessions))
+            .bind(p.max_sessions_per_user.map(i64::from))
+            .bind(p.on_limit.as_str())
+            .bind(i64::from(p.lease_ttl_seconds))
+            .bind(i64::from(p.heartbeat_interval_seconds))
+            .bind(i64::from(p.resurrect_window_seconds))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::ledger)?;
+        }
+        tx.commit().await.map_err(Error::ledger)?;
+        let license = self.license(id).await?.ok_or_else(|| Error::ledger("license vanished after write"))?;
+        Ok(PutLicense { created: !exists, license })
+    }
+
+    async fn license(&self, id: &Ident) -> Result<Option<License>> {
+        let row = sqlx::query(self.sql("SELECT license_id, created_at, updated_at FROM licenses WHERE license_id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::ledger)?;
+        self.load_license(row).await
+    }
+
+    async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>> {
+        let row = sqlx::query(self.sql("SELECT license_id, created_at, updated_at FROM licenses WHERE key_hash = ?"))
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::ledger)?;
+        self.load_license(row).await
+    }
+
+    async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(Error::ledger)?;
+        self.end_in(&mut tx, ends).await?;
+        sqlx::query(self.sql(&format!(
+            "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
+             metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) VALUES ({})",
+            Self::placeholders(13)
+        )))
+        .bind(&row.session_id)
+        .bind(&row.license_id)
+        .bind(&row.feature)
+        .bind(&row.user_id)
+        .bind(&row.device_id)
+        .bind(&row.token_hash)
+        .bind(&row.idempotency_key)
+        .bind(&row.metadata)
+        .bind(&row.status)
+        .bind(row.created_at_ms)
+        .bind(row.last_heartbeat_at_ms)
+        .bind(row.expires_at_ms)
+        .bind(row.ended_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::ledger)?;
+        self.insert_event(
+            &mut tx,
+            (&row.license_id, &row.feature),
+            Some(&row.session_id),
+            &row.user_id,
+            "created",
+            row.created_at_ms,
+        )
+        .await?;
+        tx.commit().await.map_err(Error::ledger)
+    }
+
+    async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>> {
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await.map_err(Error::ledger)?;
+        let changed = self.end_in(&mut tx, ends).await?;
+        tx.commit().await.map_err(Error::ledger)?;
+        Ok(changed)
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRow>> {
+        Ok(self.sessions_where("session_id = ?", &[session_id]).await?.pop())
+    }
+
+    async fn active_sessions(&self, slot: &Slot) -> Result<Vec<SessionRow>> {
+        self.sessions_where(
+            "license_id = ? AND feature = ? AND status = 'active'",
+            &[slot.license.as_str(), slot.feature.as_str()],
+        )
+        .await
+    }
+
+    async fn record_limit_rejection(&self, slot: &Slot, user: &Ident, at_ms: i64) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(Error::ledger)?;
+        self.insert_event(&mut conn, (slot.license.as_str(), slot.feature.as_str()), None, user.as_str(), "limit_rejected", at_ms)
+            .await
+    }
+
+    async fn slots(&self) -> Result<Vec<Slot>> {
+        let rows = sqlx::query("SELECT license_id, feature FROM license_features ORDER BY license_id, feature")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::ledger)?;
+        rows.iter()
+            .map(|r| {
+                let (l, f): (String, String) =
+                    (r.try_get(0).map_err(Error::ledger)?, r.try_get(1).map_err(Error::ledger)?);
+                Ok(Slot { license: Ident::parse("licenseId", &l)?, feature: Ident::parse("feature", &f)? })
+            })
+            .collect()
+    }
+
+    async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>> {
+        let q = format!("user_id = ? AND feature = ? AND (status = 'active' OR ended_at >= {since_ms}) ORDER BY created_at");
+        self.sessions_where(&q, &[user.as_str(), feature.as_str()]).await
+    }
+
+    async fn write_heartbeats(&self, beats: &[(String, i64, i64)]) -> Result<u64> {
+        if beats.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await.map_err(Error::ledger)?;
+        let mut n = 0;
+        for (sid, hb, exp) in beats {
+            n += sqlx::query(self.sql(
+                "UPDATE sessions SET last_heartbeat_at = ?, expires_at = ? \
+                 WHERE session_id = ? AND status = 'active' AND last_heartbeat_at < ?",
+            ))
+            .bind(hb)
+            .bind(exp)
+            .bind(sid)
+            .bind(hb)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::ledger)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(Error::ledger)?;
+        Ok(n)
+    }
+
+    async fn stats(&self, license: &Ident, since_ms: i64, now_ms: i64) -> Result<BTreeMap<String, FeatureStats>> {
+        let mut out: BTreeMap<String, FeatureStats> = BTreeMap::new();
+        // Counters from the event log.
+        let rows = sqlx::query(self.sql(
+            "SELECT feature, kind, COUNT(*) AS n FROM session_events WHERE license_id = ? AND at >= ? GROUP BY feature, kind",
+        ))
+        .bind(license.as_str())
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::ledger)?;
+        for r in rows {
+            let feature: String = r.try_get(0).map_err(Error::ledger)?;
+            let kind: String = r.try_get(1).map_err(Error::ledger)?;
+            let n: i64 = r.try_get(2).map_err(Error::ledger)?;
+            let s = out.entry(feature).or_default();
+            match kind.as_str() {
+                "created" => s.created = n as u64,
+                "limit_rejected" => s.limit_rejections = n as u64,
+                other => {
+                    if let Some(reason) = EndReason::parse(other) {
+                        s.ended_by.insert(reason.as_str(), n as u64);
+                    }
+                }
+            }
+        }
+        // Peak concurrency and average length from the sessions that overlap the window.
+        let rows = sqlx::query(self.sql(
+            "SELECT feature, created_at, ended_at, expires_at, status FROM sessions \
+             WHERE license_id = ? AND (status = 'active' OR ended_at >= ?) AND created_at <= ?",
+        ))
+        .bind(license.as_str())
+        .bind(since_ms)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::ledger)?;
+        let mut intervals: BTreeMap<String, Vec<(i64, i64, bool)>> = BTreeMap::new();
+        for r in rows {
+            let feature: String = r.try_get(0).map_err(Error::ledger)?;
+            let created: i64 = r.try_get(1).map_err(Error::ledger)?;
+            let ended: Option<i64> = r.try_get(2).map_err(Error::ledger)?;
+            let expires: i64 = r.try_get(3).map_err(Error::ledger)?;
+            let status: String = r.try_get(4).map_err(Error::ledger)?;
+            let end = ended.unwrap_or(if status == ACTIVE { now_ms } else { expires }).min(now_ms);
+            intervals.entry(feature).or_default().push((created, end, ended.is_some()));
+        }
+        for (feature, iv) in intervals {
+            let s = out.entry(feature).or_default();
+            s.peak_active = peak_overlap(&iv, since_ms);
+            let finished: Vec<i64> = iv
+                .iter()
+                .filter(|(c, e, ended)| *ended && *c >= since_ms && e >= c)
+                .map(|(c, e, _)| e - c)
+                .collect();
+            if !finished.is_empty() {
+                s.average_session_seconds = finished.iter().sum::<i64>() as f64 / finished.len() as f64 / 1000.0;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The largest number of intervals `[start, end)` that overlap at one instant at or after `from`.
+pub fn peak_overlap(intervals: &[(i64, i64, bool)], from: i64) -> u64 {
+    let mut points: Vec<(i64, i64)> = Vec::with_capacity(intervals.len() * 2);
+    for &(start, end, _) in intervals {
+        if end > from && end > start {
+            points.push((start.max(from), 1));
+            points.push((end, -1));
+        }
+    }
+    // Ends sort before starts at the same instant: a seat handed over is not two seats.
+    points.sort_by_key(|&(t, d)| (t, d));
+    let (mut cur, mut peak) = (0i64, 0i64);
+    for (_, d) in points {
+        cur += d;
+        peak = peak.max(cur);
+    }
+    peak as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peak_overlap;
+
+    #[test]
+    fn peak_counts_overlaps_within_the_window() {
+        assert_eq!(peak_overlap(&[], 0), 0);
+        assert_eq!(peak_overlap(&[(0, 10, true), (5, 15, true), (12, 20, true)], 0), 2);
+        // A handover at the same instant is one seat, not two.
+        assert_eq!(peak_overlap(&[(0, 10, true), (10, 20, true)], 0), 1);
+        // Sessions that ended before the window do not count.
+        assert_eq!(peak_overlap(&[(0, 10, true), (5, 15, true)], 12), 1);
+    }
+}

@@ -1,0 +1,466 @@
+//! The seat store: Redis, the authority on who holds a seat. One Lua script per operation
+//! (see `lua/`), called by SHA with a NOSCRIPT fallback; every decision is taken inside the script
+//! on the Redis server's clock, and counts are derived from live leases, never stored.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+
+use crate::domain::{EndReason, FeaturePolicy, LimitScope, Slot};
+use crate::error::{Error, Result};
+
+/// How long an ended session's record stays in Redis: long enough for late heartbeats to learn the
+/// reason and for the sweep to copy an end the ledger missed into the ledger.
+pub const RECORD_RETENTION_MS: i64 = 3_600_000;
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("lua/prelude.lua"), include_str!(concat!("lua/", $file))))
+    };
+}
+
+struct Scripts {
+    create: Script,
+    heartbeat: Script,
+    end: Script,
+    release: Script,
+    rebuild: Script,
+    policy: Script,
+    due: Script,
+    expire: Script,
+    snapshot: Script,
+}
+
+#[derive(Clone)]
+pub struct SeatStore {
+    conn: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+/// The keys of one slot; they all share the hash tag `{license/feature}`.
+pub struct SlotKeys {
+    prefix: String,
+}
+
+impl SlotKeys {
+    pub fn new(slot: &Slot) -> Self {
+        SlotKeys { prefix: format!("sk:{{{}/{}}}:", slot.license, slot.feature) }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn leases(&self) -> String {
+        format!("{}leases", self.prefix)
+    }
+    pub fn cfg(&self) -> String {
+        format!("{}cfg", self.prefix)
+    }
+    pub fn session(&self, sid: &str) -> String {
+        format!("{}s:{sid}", self.prefix)
+    }
+    pub fn idempotency(&self, key: Option<&str>) -> String {
+        format!("{}i:{}", self.prefix, key.unwrap_or(""))
+    }
+}
+
+/// A session to admit.
+pub struct NewSeat<'a> {
+    pub session_id: &'a str,
+    pub user: &'a str,
+    pub device: Option<&'a str>,
+    pub token: &'a str,
+    pub token_hash: &'a str,
+    pub idempotency_key: Option<&'a str>,
+}
+
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Admitted {
+        now_ms: i64,
+        expires_ms: i64,
+        active: u32,
+        replaced: Option<String>,
+        evicted: Option<String>,
+    },
+    Replay {
+        session_id: String,
+        token: String,
+        created_ms: i64,
+        expires_ms: i64,
+        device: Option<String>,
+        active: u32,
+    },
+    Limit { scope: LimitScope, limit: u32, active: u32, retry_after_ms: i64 },
+    IdempotencyConflict,
+    Rebuild,
+}
+
+#[derive(Debug)]
+pub enum HeartbeatOutcome {
+    Renewed { expires_ms: i64, heartbeat_interval_seconds: u32, resurrected: bool },
+    Gone(EndReason),
+    Unknown,
+    Rebuild,
+}
+
+#[derive(Debug)]
+pub enum EndOutcome {
+    Ended { at_ms: i64, last_heartbeat_ms: i64 },
+    Over(EndReason),
+    Unknown,
+    Rebuild,
+}
+
+/// A session as the ledger holds it, for a rebuild.
+pub struct RebuildSeat {
+    pub session_id: String,
+    pub user: String,
+    pub device: Option<String>,
+    pub token_hash: String,
+    pub created_ms: i64,
+    pub last_heartbeat_ms: i64,
+}
+
+/// A lease that ran out longer than the resurrect window ago.
+#[derive(Debug, Clone)]
+pub struct DueLease {
+    pub session_id: String,
+    pub expired_ms: i64,
+    pub last_heartbeat_ms: i64,
+}
+
+/// One lease of a slot as the seat store holds it.
+#[derive(Debug, Clone)]
+pub struct SeatEntry {
+    pub session_id: String,
+    pub expires_ms: i64,
+    /// From the session record; `None` when the record is gone.
+    pub user: Option<String>,
+    pub created_ms: Option<i64>,
+    pub last_heartbeat_ms: Option<i64>,
+}
+
+/// What the seat store remembers of one session.
+#[derive(Debug, Clone)]
+pub struct RecordState {
+    pub reason: Option<EndReason>,
+    pub ended_ms: Option<i64>,
+    pub last_heartbeat_ms: Option<i64>,
+}
+
+/// Every lease of a slot, live or run out, with the server's time.
+#[derive(Debug)]
+pub struct SlotSnapshot {
+    pub initialized: bool,
+    pub now_ms: i64,
+    pub entries: Vec<SeatEntry>,
+}
+
+impl SlotSnapshot {
+    pub fn live(&self) -> impl Iterator<Item = &SeatEntry> {
+        self.entries.iter().filter(move |e| e.expires_ms > self.now_ms)
+    }
+}
+
+impl SeatStore {
+    /// Connects lazily: the service starts while Redis is down and answers 503 until it is back.
+    pub fn connect(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(Error::seat_store)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_lazy(config).map_err(Error::seat_store)?;
+        let scripts = Scripts {
+            create: script!("create.lua"),
+            heartbeat: script!("heartbeat.lua"),
+            end: script!("end.lua"),
+            release: script!("release.lua"),
+            rebuild: script!("rebuild.lua"),
+            policy: script!("policy.lua"),
+            due: script!("due.lua"),
+            expire: script!("expire.lua"),
+            snapshot: script!("snapshot.lua"),
+        };
+        Ok(SeatStore { conn, scripts: std::sync::Arc::new(scripts) })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(Error::seat_store)?;
+        Ok(())
+    }
+
+    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Vec<Value>> {
+        let mut conn = self.conn.clone();
+        inv.invoke_async(&mut conn).await.map_err(Error::seat_store)
+    }
+
+    pub async fn create(&self, slot: &Slot, policy: &FeaturePolicy, seat: &NewSeat<'_>) -> Result<CreateOutcome> {
+        let k = SlotKeys::new(slot);
+        let idem_value = format!("{}\n{}\n{}", seat.session_id, seat.token, seat.user);
+        let mut inv = self.scripts.create.prepare_invoke();
+        inv.key(k.leases())
+            .key(k.cfg())
+            .key(k.session(seat.session_id))
+            .key(k.idempotency(seat.idempotency_key))
+            .arg(k.prefix())
+            .arg(seat.session_id)
+            .arg(seat.user)
+            .arg(seat.device.unwrap_or(""))
+            .arg(seat.token_hash)
+            .arg(seat.idempotency_key.unwrap_or(""))
+            .arg(idem_value);
+        policy_args(&mut inv, policy);
+        inv.arg(policy.on_limit.as_str());
+        inv.arg(RECORD_RETENTION_MS);
+        let r = Reply(self.run(inv).await?);
+        Ok(match r.tag()? {
+            "ok" => CreateOutcome::Admitted {
+                now_ms: r.int(1)?,
+                expires_ms: r.int(2)?,
+                active: r.int(3)? as u32,
+                replaced: r.opt_str(4)?,
+                evicted: r.opt_str(5)?,
+            },
+            "replay" => CreateOutcome::Replay {
+                session_id: r.str(1)?,
+                token: r.str(2)?,
+                created_ms: r.int(3)?,
+                expires_ms: r.int(4)?,
+                device: r.opt_str(5)?,
+                active: r.int(6)? as u32,
+            },
+            "limit" => CreateOutcome::Limit {
+                scope: if r.str(1)? == "user" { LimitScope::User } else { LimitScope::License },
+                limit: r.int(2)? as u32,
+                active: r.int(3)? as u32,
+                retry_after_ms: r.int(4)?,
+            },
+            "idem_conflict" => CreateOutcome::IdempotencyConflict,
+            "rebuild" => CreateOutcome::Rebuild,
+            other => return Err(unexpected(other)),
+        })
+    }
+
+    /// One Redis round trip, no SQL: the whole heartbeat.
+    pub async fn heartbeat(&self, slot: &Slot, session_id: &str, token_hash: &str) -> Result<HeartbeatOutcome> {
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(k.leases())
+            .key(k.cfg())
+            .key(k.session(session_id))
+            .arg(k.prefix())
+            .arg(session_id)
+            .arg(token_hash)
+            .arg(RECORD_RETENTION_MS);
+        let r = Reply(self.run(inv).await?);
+        Ok(match r.tag()? {
+            "ok" => HeartbeatOutcome::Renewed {
+                expires_ms: r.int(1)?,
+                heartbeat_interval_seconds: r.int(2)? as u32,
+                resurrected: r.int(3)? == 1,
+            },
+            "gone" => HeartbeatOutcome::Gone(r.reason(1)?),
+            "unknown" => HeartbeatOutcome::Unknown,
+            "rebuild" => HeartbeatOutcome::Rebuild,
+            other => return Err(unexpected(other)),
+        })
+    }
+
+    /// Ends a live session. With `token_hash` the caller must hold the session's token.
+    pub async fn end(
+        &self,
+        slot: &Slot,
+        session_id: &str,
+        token_hash: Option<&str>,
+        reason: EndReason,
+    ) -> Result<EndOutcome> {
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.end.prepare_invoke();
+        inv.key(k.leases())
+            .key(k.cfg())
+            .key(k.session(session_id))
+            .arg(session_id)
+            .arg(token_hash.unwrap_or(""))
+            .arg(reason.as_str())
+            .arg(RECORD_RETENTION_MS);
+        let r = Reply(self.run(inv).await?);
+        Ok(match r.tag()? {
+            "ended" => EndOutcome::Ended { at_ms: r.int(1)?, last_heartbeat_ms: r.int(2)? },
+            "over" => EndOutcome::Over(r.reason(1)?),
+            "unknown" => EndOutcome::Unknown,
+            "rebuild" => EndOutcome::Rebuild,
+            other => return Err(unexpected(other)),
+        })
+    }
+
+    /// Undoes an admission whose ledger write failed.
+    pub async fn release(&self, slot: &Slot, session_id: &str, idempotency_key: Option<&str>) -> Result<()> {
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(k.leases()).key(k.session(session_id)).key(k.idempotency(idempotency_key)).arg(session_id);
+        self.run_int(inv).await.map(drop)
+    }
+
+    /// Restores a slot from the ledger's live sessions; returns how many sessions were restored.
+    pub async fn rebuild(&self, slot: &Slot, policy: &FeaturePolicy, seats: &[RebuildSeat]) -> Result<u64> {
+        const CHUNK: usize = 500;
+        let k = SlotKeys::new(slot);
+        let chunks: Vec<&[RebuildSeat]> =
+            if seats.is_empty() { vec![&[]] } else { seats.chunks(CHUNK).collect() };
+        let mut restored = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut inv = self.scripts.rebuild.prepare_invoke();
+            inv.key(k.leases()).key(k.cfg()).arg(k.prefix()).arg(u8::from(i + 1 == chunks.len()));
+            policy_args(&mut inv, policy);
+            inv.arg(RECORD_RETENTION_MS);
+            for s in chunk.iter() {
+                inv.arg(&s.session_id)
+                    .arg(&s.user)
+                    .arg(s.device.as_deref().unwrap_or(""))
+                    .arg(&s.token_hash)
+                    .arg(s.created_ms)
+                    .arg(s.last_heartbeat_ms);
+            }
+            restored += self.run_int(inv).await? as u64;
+        }
+        Ok(restored)
+    }
+
+    /// Applies a changed policy to a slot that is live in the store.
+    pub async fn set_policy(&self, slot: &Slot, policy: &FeaturePolicy) -> Result<()> {
+        let mut inv = self.scripts.policy.prepare_invoke();
+        inv.key(SlotKeys::new(slot).cfg());
+        policy_args(&mut inv, policy);
+        self.run_int(inv).await.map(drop)
+    }
+
+    /// Up to `batch` leases of a slot that ran out longer than its resurrect window ago, oldest first.
+    pub async fn due(&self, slot: &Slot, batch: usize) -> Result<Vec<DueLease>> {
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.due.prepare_invoke();
+        inv.key(k.leases()).key(k.cfg()).arg(k.prefix()).arg(batch);
+        let r = Reply(self.run(inv).await?);
+        (0..r.0.len() / 3)
+            .map(|i| {
+                Ok(DueLease {
+                    session_id: r.str(3 * i)?,
+                    expired_ms: r.int(3 * i + 1)?,
+                    last_heartbeat_ms: r.int(3 * i + 2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks due leases expired (after the ledger has recorded them); returns how many it removed.
+    pub async fn expire(&self, slot: &Slot, session_ids: &[String]) -> Result<u64> {
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.expire.prepare_invoke();
+        inv.key(k.leases()).key(k.cfg()).arg(k.prefix()).arg(RECORD_RETENTION_MS).arg(session_ids);
+        Ok(self.run_int(inv).await? as u64)
+    }
+
+    /// Every lease of a slot with its record: for reconciliation and the admin debug view.
+    pub async fn snapshot(&self, slot: &Slot) -> Result<SlotSnapshot> {
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.snapshot.prepare_invoke();
+        inv.key(k.leases()).key(k.cfg()).arg(k.prefix());
+        let r = Reply(self.run(inv).await?);
+        let entries = (2..r.0.len())
+            .step_by(5)
+            .map(|i| {
+                Ok(SeatEntry {
+                    session_id: r.str(i)?,
+                    expires_ms: r.int(i + 1)?,
+                    user: r.opt_str(i + 2)?,
+                    created_ms: r.opt_int(i + 3)?,
+                    last_heartbeat_ms: r.opt_int(i + 4)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SlotSnapshot { initialized: r.int(0)? == 1, now_ms: r.int(1)?, entries })
+    }
+
+    /// A session's record: its end reason (`None` while active), end time and last heartbeat.
+    pub async fn record(&self, slot: &Slot, session_id: &str) -> Result<Option<RecordState>> {
+        let mut conn = self.conn.clone();
+        let (st, x, h): (Option<String>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(SlotKeys::new(slot).session(session_id))
+            .arg("st")
+            .arg("x")
+            .arg("h")
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::seat_store)?;
+        Ok(st.map(|st| RecordState {
+            reason: EndReason::parse(&st),
+            ended_ms: x,
+            last_heartbeat_ms: h,
+        }))
+    }
+
+    /// Removes a lease the ledger does not explain (an orphan seat) and its record.
+    pub async fn remove_orphan(&self, slot: &Slot, session_id: &str) -> Result<()> {
+        self.release(slot, session_id, None).await
+    }
+
+    async fn run_int(&self, inv: redis::ScriptInvocation<'_>) -> Result<i64> {
+        let mut conn = self.conn.clone();
+        inv.invoke_async(&mut conn).await.map_err(Error::seat_store)
+    }
+}
+
+fn policy_args(inv: &mut redis::ScriptInvocation<'_>, p: &FeaturePolicy) {
+    inv.arg(p.max_sessions)
+        .arg(p.max_sessions_per_user.unwrap_or(0))
+        .arg(i64::from(p.lease_ttl_seconds) * 1000)
+        .arg(p.heartbeat_interval_seconds)
+        .arg(i64::from(p.resurrect_window_seconds) * 1000);
+}
+
+fn unexpected(tag: &str) -> Error {
+    Error::seat_store(format!("unexpected script reply {tag:?}"))
+}
+
+/// A script's array reply, read by position.
+struct Reply(Vec<Value>);
+
+impl Reply {
+    fn get(&self, i: usize) -> Result<&Value> {
+        self.0.get(i).ok_or_else(|| Error::seat_store(format!("script reply too short at {i}")))
+    }
+    fn tag(&self) -> Result<&str> {
+        match self.get(0)? {
+            Value::BulkString(b) => std::str::from_utf8(b).map_err(Error::seat_store),
+            Value::SimpleString(s) => Ok(s),
+            other => Err(Error::seat_store(format!("unexpected script reply {other:?}"))),
+        }
+    }
+    fn str(&self, i: usize) -> Result<String> {
+        redis::from_redis_value_ref(self.get(i)?).map_err(Error::seat_store)
+    }
+    fn opt_str(&self, i: usize) -> Result<Option<String>> {
+        Ok(match self.get(i)? {
+            Value::Nil => None,
+            v => Some(redis::from_redis_value_ref::<String>(v).map_err(Error::seat_store)?)
+                .filter(|s| !s.is_empty()),
+        })
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        redis::from_redis_value_ref(self.get(i)?).map_err(Error::seat_store)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        match self.get(i)? {
+            Value::Nil => Ok(None),
+            Value::BulkString(b) if b.is_empty() => Ok(None),
+            v => redis::from_redis_value_ref(v).map(Some).map_err(Error::seat_store),
+        }
+    }
+    fn reason(&self, i: usize) -> Result<EndReason> {
+        let s = self.str(i)?;
+        EndReason::parse(&s).ok_or_else(|| Error::seat_store(format!("unknown end reason {s:?}")))
+    }
+}

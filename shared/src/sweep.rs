@@ -1,0 +1,239 @@
+//! The sweep: records leases that ran out as `expired` in the ledger, removes orphans both ways,
+//! rebuilds slots that lost their data, and writes heartbeat times back to the ledger.
+//!
+//! Cost follows what is due: each slot's leases are indexed by expiry in Redis, so the expiry pass
+//! reads only due leases. Reconciliation compares a slot's lease count with its ledger count and
+//! reads the slot member by member only when they differ, or when asked for a full pass (the admin
+//! route and `seatkeeper sweep --full`). Every step is idempotent and ordered ledger-first, so two
+//! sweeps at once, or one killed halfway, leave what the next run finishes.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::domain::{EndReason, Ident, Slot};
+use crate::error::Result;
+use crate::ledger::SessionEnd;
+use crate::service::Service;
+
+/// Due leases handled per round trip.
+const BATCH: usize = 500;
+/// A seat younger than this may still be waiting for its ledger row (a create in flight).
+const ORPHAN_GRACE_MS: i64 = 30_000;
+
+/// What to sweep.
+#[derive(Clone, Debug, Default)]
+pub struct SweepScope {
+    pub license: Option<Ident>,
+    pub feature: Option<Ident>,
+    /// Reconcile only this user's sessions.
+    pub user: Option<Ident>,
+    /// Compare every slot member by member, not only where counts differ.
+    pub full: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    pub slots: u64,
+    /// Leases that ran out, now recorded as expired in the ledger.
+    pub expired: u64,
+    /// Seats with no ledger row, removed from the seat store.
+    pub orphan_seats: u64,
+    /// Active ledger rows with no seat and no record of an end, ended in the ledger.
+    pub orphan_rows: u64,
+    /// Drift mended from the other store: ends the ledger missed, seats the ledger had ended,
+    /// sessions restored into a slot that lost its data.
+    pub repaired: u64,
+    pub heartbeats_written: u64,
+    /// Slots that could not be swept this time (a store failed); the next run takes them up.
+    pub failed_slots: u64,
+    pub duration_ms: u64,
+}
+
+impl SweepReport {
+    pub fn orphans_removed(&self) -> u64 {
+        self.orphan_seats + self.orphan_rows
+    }
+
+    /// One CloudWatch Embedded Metric Format line: metrics from a log line, no agent needed.
+    pub fn emf_line(&self, now_ms: i64) -> String {
+        let metric = |name: &str, unit: &str| serde_json::json!({"Name": name, "Unit": unit});
+        serde_json::json!({
+            "_aws": {
+                "Timestamp": now_ms,
+                "CloudWatchMetrics": [{
+                    "Namespace": "seatkeeper",
+                    "Dimensions": [[]],
+                    "Metrics": [
+                        metric("Expired", "Count"),
+                        metric("OrphansRemoved", "Count"),
+                        metric("Repaired", "Count"),
+                        metric("FailedSlots", "Count"),
+                        metric("SweepDuration", "Milliseconds"),
+                    ],
+                }],
+            },
+            "Expired": self.expired,
+            "OrphansRemoved": self.orphans_removed(),
+            "Repaired": self.repaired,
+            "FailedSlots": self.failed_slots,
+            "SweepDuration": self.duration_ms,
+        })
+        .to_string()
+    }
+}
+
+impl Service {
+    /// Runs one sweep over the slots in `scope`. A slot whose store fails is counted and skipped.
+    pub async fn sweep(&self, scope: &SweepScope) -> Result<SweepReport> {
+        let started = Instant::now();
+        let mut report = SweepReport::default();
+        let slots = self.ledger.slots().await?;
+        for slot in slots.iter().filter(|s| {
+            scope.license.as_ref().is_none_or(|l| *l == s.license)
+                && scope.feature.as_ref().is_none_or(|f| *f == s.feature)
+        }) {
+            report.slots += 1;
+            if let Err(e) = self.sweep_slot(slot, scope, &mut report).await {
+                report.failed_slots += 1;
+                tracing::warn!(license = %slot.license, feature = %slot.feature, error = %e, "slot not swept");
+            }
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    async fn sweep_slot(&self, slot: &Slot, scope: &SweepScope, report: &mut SweepReport) -> Result<()> {
+        // 1. Leases that ran out: ledger first, then the seat store, so a kill in between repeats
+        //    harmless work and loses none.
+        loop {
+            let due = self.seats.due(slot, BATCH).await?;
+            if due.is_empty() {
+                break;
+            }
+            let ends: Vec<SessionEnd> = due
+                .iter()
+                .map(|d| SessionEnd {
+                    session_id: d.session_id.clone(),
+                    reason: EndReason::Expired,
+                    ended_at_ms: d.expired_ms,
+                    last_heartbeat_at_ms: Some(d.last_heartbeat_ms),
+                })
+                .collect();
+            report.expired += self.ledger.end_sessions(&ends).await?.len() as u64;
+            let ids: Vec<String> = due.iter().map(|d| d.session_id.clone()).collect();
+            self.seats.expire(slot, &ids).await?;
+            if due.len() < BATCH {
+                break;
+            }
+        }
+
+        // 2. Reconciliation.
+        let snapshot = self.seats.snapshot(slot).await?;
+        if !snapshot.initialized {
+            report.repaired += self.rebuild(slot).await?;
+            return Ok(());
+        }
+        let rows = self.ledger.active_sessions(slot).await?;
+        if !scope.full && rows.len() == snapshot.entries.len() {
+            return Ok(());
+        }
+        let for_user = |u: Option<&str>| scope.user.as_ref().is_none_or(|want| Some(want.as_str()) == u);
+        let in_ledger: HashMap<&str, &crate::ledger::SessionRow> =
+            rows.iter().map(|r| (r.session_id.as_str(), r)).collect();
+        let in_store: HashSet<&str> = snapshot.entries.iter().map(|e| e.session_id.as_str()).collect();
+
+        // Seats the ledger does not hold active.
+        for entry in snapshot.entries.iter().filter(|e| !in_ledger.contains_key(e.session_id.as_str())) {
+            if !for_user(entry.user.as_deref()) {
+                continue;
+            }
+            match self.ledger.session(&entry.session_id).await? {
+                Some(row) => {
+                    // The ledger recorded an end the seat store missed: end the seat the same way.
+                    let reason = EndReason::parse(&row.status).unwrap_or(EndReason::Expired);
+                    if let crate::seats::EndOutcome::Ended { .. } =
+                        self.seats.end(slot, &entry.session_id, None, reason).await?
+                    {
+                        report.repaired += 1;
+                    }
+                }
+                None if entry.created_ms.is_none_or(|c| snapshot.now_ms - c > ORPHAN_GRACE_MS) => {
+                    self.seats.remove_orphan(slot, &entry.session_id).await?;
+                    report.orphan_seats += 1;
+                    tracing::warn!(license = %slot.license, feature = %slot.feature, session_id = entry.session_id, "removed a seat with no ledger row");
+                }
+                None => {}
+            }
+        }
+
+        // Active ledger rows with no seat: copy the end the seat store knows, or end the orphan.
+        let mut ends = Vec::new();
+        let mut orphans = HashSet::new();
+        for row in rows.iter().filter(|r| !in_store.contains(r.session_id.as_str()) && for_user(Some(&r.user_id))) {
+            match self.seats.record(slot, &row.session_id).await? {
+                Some(rec) if rec.reason.is_some() => ends.push(SessionEnd {
+                    session_id: row.session_id.clone(),
+                    reason: rec.reason.unwrap_or(EndReason::Expired),
+                    ended_at_ms: rec.ended_ms.unwrap_or(snapshot.now_ms),
+                    last_heartbeat_at_ms: rec.last_heartbeat_ms,
+                }),
+                _ => {
+                    orphans.insert(row.session_id.clone());
+                    ends.push(SessionEnd {
+                        session_id: row.session_id.clone(),
+                        reason: EndReason::Expired,
+                        ended_at_ms: snapshot.now_ms,
+                        last_heartbeat_at_ms: None,
+                    });
+                }
+            }
+        }
+        for sid in self.ledger.end_sessions(&ends).await? {
+            if orphans.contains(&sid) {
+                report.orphan_rows += 1;
+                tracing::warn!(license = %slot.license, feature = %slot.feature, session_id = sid, "ended an active ledger row with no seat");
+            } else {
+                report.repaired += 1;
+            }
+        }
+
+        // Heartbeat times back to the ledger, in one batch.
+        let beats: Vec<(String, i64, i64)> = snapshot
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let row = in_ledger.get(e.session_id.as_str())?;
+                let hb = e.last_heartbeat_ms?;
+                (hb > row.last_heartbeat_at_ms).then(|| (e.session_id.clone(), hb, e.expires_ms))
+            })
+            .collect();
+        report.heartbeats_written += self.ledger.write_heartbeats(&beats).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_line_names_each_metric() {
+        let r = SweepReport { expired: 3, orphan_seats: 1, orphan_rows: 2, repaired: 4, duration_ms: 9, ..Default::default() };
+        let v: serde_json::Value = serde_json::from_str(&r.emf_line(1)).unwrap();
+        assert_eq!(v["Expired"], 3);
+        assert_eq!(v["OrphansRemoved"], 3);
+        assert_eq!(v["Repaired"], 4);
+        let names: Vec<&str> = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        for name in &names {
+            assert!(v.get(*name).is_some(), "{name} has a value");
+        }
+    }
+}

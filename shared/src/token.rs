@@ -1,0 +1,146 @@
+//! Secrets: session tokens, license keys, the admin token. Only their SHA-256 hashes are stored.
+//!
+//! A session token names its seat slot and session so that a heartbeat reaches the right Redis
+//! hash slot in one round trip with no lookup: `base64url("license/feature/sessionId") "." base64url(secret)`.
+//! `/` cannot occur in an identifier, so the prefix splits unambiguously. The 256-bit secret is
+//! what authenticates; the prefix only routes, and the stored hash covers the whole token.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::domain::{Ident, Slot};
+
+/// What a session token says about itself (not yet authenticated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub slot: Slot,
+    pub session_id: String,
+}
+
+/// A fresh random session id (128 random bits, hex).
+pub fn new_session_id() -> String {
+    hex(&random_bytes::<16>())
+}
+
+/// Mints a token for a session; returns the token and its hash.
+pub fn mint_session_token(slot: &Slot, session_id: &str) -> (String, String) {
+    let prefix = format!("{}/{}/{}", slot.license, slot.feature, session_id);
+    let token = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(prefix),
+        URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+    );
+    let hash = hash_secret(&token);
+    (token, hash)
+}
+
+/// Reads the routing part of a token. `None` for anything that is not a well-formed token.
+pub fn parse_session_token(token: &str) -> Option<TokenClaims> {
+    if token.len() > 1024 {
+        return None;
+    }
+    let (prefix, secret) = token.split_once('.')?;
+    if URL_SAFE_NO_PAD.decode(secret).ok()?.len() != 32 {
+        return None;
+    }
+    let prefix = String::from_utf8(URL_SAFE_NO_PAD.decode(prefix).ok()?).ok()?;
+    let mut parts = prefix.splitn(3, '/');
+    let license = Ident::parse("sessionToken", parts.next()?).ok()?;
+    let feature = Ident::parse("sessionToken", parts.next()?).ok()?;
+    let session_id = parts.next()?;
+    if session_id.len() != 32 || !session_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(TokenClaims { slot: Slot { license, feature }, session_id: session_id.to_owned() })
+}
+
+/// A new license key: 256 random bits.
+pub fn new_license_key() -> String {
+    format!("sk_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+/// SHA-256 of a secret, hex. Keys and tokens are stored and compared only in this form.
+pub fn hash_secret(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Compares two secrets in constant time (for the configured admin token).
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    // Hashing first makes the comparison independent of the lengths too.
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.as_slice().ct_eq(b.as_slice()).into()
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::fill(&mut bytes[..]);
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> Slot {
+        Slot {
+            license: Ident::parse("l", "lic-1").unwrap(),
+            feature: Ident::parse("f", "web.rtc:x@y").unwrap(),
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_are_unique() {
+        let sid = new_session_id();
+        let (t1, h1) = mint_session_token(&slot(), &sid);
+        let (t2, h2) = mint_session_token(&slot(), &sid);
+        assert_ne!(t1, t2);
+        assert_ne!(h1, h2);
+        assert_eq!(h1, hash_secret(&t1));
+        let claims = parse_session_token(&t1).unwrap();
+        assert_eq!(claims.slot, slot());
+        assert_eq!(claims.session_id, sid);
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        let (t, _) = mint_session_token(&slot(), &new_session_id());
+        let (prefix, _) = t.split_once('.').unwrap();
+        for bad in [
+            "",
+            "abc",
+            "abc.def",
+            &format!("{prefix}.short"),
+            &format!("{}.{}", URL_SAFE_NO_PAD.encode("a/b"), URL_SAFE_NO_PAD.encode([0u8; 32])),
+            &format!("{}.{}", URL_SAFE_NO_PAD.encode("a b/c/0123"), URL_SAFE_NO_PAD.encode([0u8; 32])),
+        ] {
+            assert_eq!(parse_session_token(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn license_keys_carry_256_random_bits() {
+        let k = new_license_key();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&k[3..]).unwrap().len(), 32);
+        assert_ne!(k, new_license_key());
+        assert_eq!(hash_secret("abc").len(), 64);
+    }
+
+    #[test]
+    fn secret_comparison() {
+        assert!(secrets_equal("s3cret", "s3cret"));
+        assert!(!secrets_equal("s3cret", "s3cres"));
+        assert!(!secrets_equal("s3cret", "s3cret-longer"));
+    }
+}

@@ -1,1 +1,290 @@
-fn main() {}
+//! `seatkeeper`: the local runner (`serve`), a one-off sweep (`sweep`) and the admin command line.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use reqwest::Method;
+use seatkeeper_core::domain::Ident;
+use seatkeeper_core::sweep::SweepScope;
+use seatkeeper_core::{Config, Service};
+use seatkeeper_local::admin::{enc, exit, render, CallError, Client};
+use serde_json::{json, Map, Value};
+
+#[derive(Parser)]
+#[command(name = "seatkeeper", version, about = "Concurrent-session (seat) limits as leases")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every route over HTTP through the Lambda handlers, and sweep on SEATKEEPER_SWEEP_INTERVAL_SECONDS.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8004")]
+        listen: SocketAddr,
+    },
+    /// Run the sweep once against the configured stores and print its report as JSON.
+    Sweep {
+        /// Compare every slot member by member, not only where counts differ.
+        #[arg(long)]
+        full: bool,
+        /// Only this license.
+        #[arg(long)]
+        license: Option<String>,
+    },
+    /// Administer a deployment through its API (token from SEATKEEPER_ADMIN_TOKEN).
+    Admin(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The deployment's base URL.
+    #[arg(long, env = "SEATKEEPER_API_URL", default_value = "http://127.0.0.1:8004", global = true)]
+    api_url: String,
+    #[arg(long, env = "SEATKEEPER_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    admin_token: Option<String>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    verb: AdminVerb,
+}
+
+#[derive(Subcommand)]
+enum AdminVerb {
+    /// End every live session of a user for a feature.
+    ForceCleanup {
+        user: String,
+        feature: String,
+        #[arg(long)]
+        license: Option<String>,
+    },
+    /// Show a user's sessions in the seat store and the ledger side by side.
+    Debug { user: String, feature: String },
+    /// Sweep and reconcile one license now.
+    CleanupSessions {
+        license: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        feature: Option<String>,
+    },
+    /// Session counters of a license.
+    Stats {
+        license: String,
+        /// Window in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        window: u64,
+    },
+    /// Create, update or show a license.
+    License {
+        #[command(subcommand)]
+        verb: LicenseVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum LicenseVerb {
+    /// Create or replace a license: `--feature NAME=MAX_SESSIONS` for each feature.
+    Put {
+        license: String,
+        #[arg(long = "feature", value_name = "NAME=MAX", required_unless_present = "body")]
+        features: Vec<String>,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        per_user: Option<u32>,
+        #[arg(long, value_parser = ["reject", "evict_idle"])]
+        on_limit: Option<String>,
+        #[arg(long)]
+        lease_ttl: Option<u32>,
+        #[arg(long)]
+        heartbeat: Option<u32>,
+        #[arg(long)]
+        resurrect_window: Option<u32>,
+        /// The whole request body as JSON, instead of the flags.
+        #[arg(long, conflicts_with = "features")]
+        body: Option<String>,
+    },
+    Get { license: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve { listen } => serve(listen).await,
+            Command::Sweep { full, license } => sweep(full, license).await,
+            Command::Admin(args) => admin(args).await,
+        }
+    })
+}
+
+async fn service() -> Result<Service, ExitCode> {
+    let config = Config::from_env().map_err(|e| {
+        eprintln!("seatkeeper: {e}");
+        ExitCode::from(exit::USAGE)
+    })?;
+    Service::connect(config).await.map_err(|e| {
+        let detail = match &e {
+            seatkeeper_core::Error::StoreUnavailable { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        };
+        eprintln!("seatkeeper: {e}: {detail}");
+        ExitCode::from(exit::UNAVAILABLE)
+    })
+}
+
+async fn serve(listen: SocketAddr) -> ExitCode {
+    seatkeeper_core::telemetry::init();
+    let svc = match service().await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("seatkeeper: cannot listen on {listen}: {e}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    tracing::info!(%listen, "seatkeeper serving");
+    tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match seatkeeper_local::serve(svc, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("seatkeeper: {e}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+    }
+}
+
+async fn sweep(full: bool, license: Option<String>) -> ExitCode {
+    seatkeeper_core::telemetry::init();
+    let license = match license.map(|l| Ident::parse("--license", &l)).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("seatkeeper: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let svc = match service().await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let scope = SweepScope { license, full, ..Default::default() };
+    match seatkeeper_local::run_sweep(&svc, &scope).await {
+        Some(report) => {
+            println!("{}", serde_json::to_string(&report).expect("report"));
+            if report.failed_slots > 0 {
+                ExitCode::from(exit::UNAVAILABLE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        None => ExitCode::from(exit::UNAVAILABLE),
+    }
+}
+
+fn license_body(
+    features: &[String],
+    key: Option<String>,
+    policy: &[(&str, Option<Value>)],
+) -> Result<Value, CallError> {
+    let mut map = Map::new();
+    for f in features {
+        let (name, max) = f.split_once('=').ok_or_else(|| CallError {
+            code: exit::USAGE,
+            message: format!("--feature takes NAME=MAX_SESSIONS, not {f:?}"),
+        })?;
+        let max: u32 = max.parse().map_err(|_| CallError {
+            code: exit::USAGE,
+            message: format!("--feature {name}: {max:?} is not a whole number"),
+        })?;
+        let mut p = Map::new();
+        p.insert("maxSessions".into(), max.into());
+        for (k, v) in policy {
+            if let Some(v) = v {
+                p.insert((*k).into(), v.clone());
+            }
+        }
+        map.insert(name.to_owned(), Value::Object(p));
+    }
+    let mut body = json!({ "features": map });
+    if let Some(k) = key {
+        body["key"] = k.into();
+    }
+    Ok(body)
+}
+
+async fn admin(args: AdminArgs) -> ExitCode {
+    let client = Client::new(&args.api_url, args.admin_token.clone());
+    let (kind, result) = match args.verb {
+        AdminVerb::ForceCleanup { user, feature, license } => {
+            let q = license.map(|l| format!("?licenseId={}", enc(&l))).unwrap_or_default();
+            let path = format!("/api/licenses/sessions/force-cleanup/{}/{}{q}", enc(&user), enc(&feature));
+            ("force-cleanup", client.call(Method::DELETE, &path, None).await)
+        }
+        AdminVerb::Debug { user, feature } => {
+            let path = format!("/api/licenses/sessions/debug?userId={}&feature={}", enc(&user), enc(&feature));
+            ("debug", client.call(Method::GET, &path, None).await)
+        }
+        AdminVerb::CleanupSessions { license, user, feature } => {
+            let body = json!({"licenseId": license, "userId": user, "feature": feature});
+            ("cleanup", client.call(Method::POST, "/api/licenses/cleanup-sessions", Some(body)).await)
+        }
+        AdminVerb::Stats { license, window } => {
+            let path = format!("/api/licenses/{}/session-stats?windowSeconds={window}", enc(&license));
+            ("stats", client.call(Method::GET, &path, None).await)
+        }
+        AdminVerb::License { verb: LicenseVerb::Get { license } } => {
+            ("license", client.call(Method::GET, &format!("/api/licenses/{}", enc(&license)), None).await)
+        }
+        AdminVerb::License {
+            verb: LicenseVerb::Put { license, features, key, per_user, on_limit, lease_ttl, heartbeat, resurrect_window, body },
+        } => {
+            let body = match body {
+                Some(raw) => serde_json::from_str::<Value>(&raw).map_err(|e| CallError {
+                    code: exit::USAGE,
+                    message: format!("--body is not JSON: {e}"),
+                }),
+                None => license_body(
+                    &features,
+                    key,
+                    &[
+                        ("maxSessionsPerUser", per_user.map(Value::from)),
+                        ("onLimit", on_limit.map(Value::from)),
+                        ("leaseTtlSeconds", lease_ttl.map(Value::from)),
+                        ("heartbeatIntervalSeconds", heartbeat.map(Value::from)),
+                        ("resurrectWindowSeconds", resurrect_window.map(Value::from)),
+                    ],
+                ),
+            };
+            let result = match body {
+                Ok(b) => client.call(Method::PUT, &format!("/api/licenses/{}", enc(&license)), Some(b)).await,
+                Err(e) => Err(e),
+            };
+            ("license", result)
+        }
+    };
+    match result {
+        Ok(v) => {
+            if args.json {
+                println!("{v}");
+            } else {
+                println!("{}", render(kind, &v));
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("seatkeeper: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}

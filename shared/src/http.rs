@@ -92,6 +92,18 @@ impl ApiError {
         self
     }
 
+    pub fn payload_too_large() -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is over {MAX_BODY_BYTES} bytes"),
+        )
+    }
+
+    pub fn bad_body(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
@@ -324,11 +336,7 @@ pub(crate) fn body_object(req: &Request) -> Result<Map<String, Value>, ApiError>
         _ => b"",
     };
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is over {} bytes", MAX_BODY_BYTES),
-        ));
+        return Err(ApiError::payload_too_large());
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());

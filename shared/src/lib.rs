@@ -21,3 +21,8 @@ pub mod token;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use service::Service;
+
+/// The request and body types the handlers take, re-exported so runners need no lambda_http of their own.
+pub mod lambda_body {
+    pub use lambda_http::{Body, Request, Response};
+}

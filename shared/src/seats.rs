@@ -384,6 +384,20 @@ impl SeatStore {
         Ok(SlotSnapshot { initialized: r.int(0)? == 1, now_ms: r.int(1)?, entries })
     }
 
+    /// Whether the slot is live in the store (its cfg exists) and how many leases it holds, live or
+    /// due: two O(1) reads for the sweep's cheap consistency check.
+    pub async fn slot_size(&self, slot: &Slot) -> Result<(bool, u64)> {
+        let k = SlotKeys::new(slot);
+        let mut conn = self.conn.clone();
+        let (cfg, leases): (bool, u64) = redis::pipe()
+            .exists(k.cfg())
+            .zcard(k.leases())
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::seat_store)?;
+        Ok((cfg, leases))
+    }
+
     /// A session's record: its end reason (`None` while active), end time and last heartbeat.
     pub async fn record(&self, slot: &Slot, session_id: &str) -> Result<Option<RecordState>> {
         let mut conn = self.conn.clone();

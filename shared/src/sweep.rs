@@ -130,16 +130,18 @@ impl Service {
             }
         }
 
-        // 2. Reconciliation.
-        let snapshot = self.seats.snapshot(slot).await?;
-        if !snapshot.initialized {
+        // 2. Reconciliation: a slot that lost its data is rebuilt; otherwise two counts decide
+        //    whether the slot needs reading member by member.
+        let (initialized, leases) = self.seats.slot_size(slot).await?;
+        if !initialized {
             report.repaired += self.rebuild(slot).await?;
             return Ok(());
         }
-        let rows = self.ledger.active_sessions(slot).await?;
-        if !scope.full && rows.len() == snapshot.entries.len() {
+        if !scope.full && self.ledger.count_active(slot).await? == leases {
             return Ok(());
         }
+        let snapshot = self.seats.snapshot(slot).await?;
+        let rows = self.ledger.active_sessions(slot).await?;
         let for_user = |u: Option<&str>| scope.user.as_ref().is_none_or(|want| Some(want.as_str()) == u);
         let in_ledger: HashMap<&str, &crate::ledger::SessionRow> =
             rows.iter().map(|r| (r.session_id.as_str(), r)).collect();

@@ -1,1 +1,425 @@
+//! Test harness for the black-box suite: every test gets its own real Redis (a `redis-server` on a
+//! private Unix socket, so FLUSHALL and INFO commandstats see only that test) and its own real
+//! database on the chosen ledger backend, and talks to the local runner over real HTTP.
+//!
+//! Backends: SQLite (a temp file), PostgreSQL (`SEATKEEPER_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and MySQL/MariaDB (`SEATKEEPER_TEST_MYSQL_URL`,
+//! default `mysql://root@127.0.0.1:3306/test`). A database is created per test and dropped after.
 
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use seatkeeper_core::domain::PolicyDefaults;
+use seatkeeper_core::{Config, Service};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+pub use seatkeeper_core;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// Generates one `#[tokio::test]` per ledger backend for each scenario `async fn name(Backend)`.
+#[macro_export]
+macro_rules! ledger_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Backend::Postgres).await } )*
+        }
+        mod mysql {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Backend::MySql).await } )*
+        }
+    };
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+// ---- Redis ----
+
+/// A private `redis-server` on a Unix socket, killed on drop.
+pub struct RedisServer {
+    _child: tokio::process::Child,
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("sk-redis-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let socket = dir.join("redis.sock");
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed (see README: the test command installs it)");
+        let url = format!("redis+unix://{}", socket.display());
+        let client = redis::Client::open(url.as_str()).expect("redis url");
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
+                    return RedisServer { _child: child, dir, url };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not come up on {}", socket.display());
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---- databases ----
+
+/// A database of its own for one test.
+pub struct Database {
+    pub backend: Backend,
+    /// The URL the test itself uses (never cut by the proxy).
+    pub url: String,
+    admin_url: Option<String>,
+    name: String,
+    dir: Option<PathBuf>,
+}
+
+fn with_database(base: &str, name: &str) -> String {
+    let (head, _) = base.rsplit_once('/').expect("database URL with a path");
+    format!("{head}/{name}")
+}
+
+impl Database {
+    pub async fn create(backend: Backend) -> Self {
+        let name = unique("sk_");
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(unique("sk-ledger-"));
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                let url = format!("sqlite://{}", dir.join("ledger.db").display());
+                Database { backend, url, admin_url: None, name, dir: Some(dir) }
+            }
+            Backend::Postgres | Backend::MySql => {
+                let (var, default) = match backend {
+                    Backend::Postgres => ("SEATKEEPER_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+                    _ => ("SEATKEEPER_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+                };
+                let admin_url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+                sqlx::any::install_default_drivers();
+                let pool = sqlx::AnyPool::connect(&admin_url)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot reach the test database {admin_url} ({var}): {e}"));
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await
+                    .expect("create test database");
+                pool.close().await;
+                Database { backend, url: with_database(&admin_url, &name), admin_url: Some(admin_url), name, dir: None }
+            }
+        }
+    }
+
+    pub async fn pool(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&self.url).await.expect("test database pool")
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let Some(admin_url) = self.admin_url.clone() else { return };
+        let sql = match self.backend {
+            Backend::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            _ => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::AnyPool::connect(&admin_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+// ---- a TCP proxy that can cut the ledger off ----
+
+/// Forwards connections to the database; `cut` drops every connection and refuses new ones,
+/// as a database that went down would; `restore` lets them through again.
+pub struct Proxy {
+    pub port: u16,
+    down: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(tx);
+        let (d, g) = (down.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let target = target.clone();
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, down, generation, task }
+    }
+
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `host:port` of a database URL.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority).to_owned()
+}
+
+// ---- the app under test ----
+
+/// A response: status, JSON body (Null when none) and headers.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the contract's error shape and code; returns the error object.
+    pub fn expect_error(&self, status: u16, code: &str) -> &Value {
+        assert_eq!(self.status, status, "expected {status} {code}, got {self:?}");
+        let err = &self.body["error"];
+        assert_eq!(err["code"], code, "{self:?}");
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "error has a message: {self:?}");
+        err
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Put a cuttable proxy between the service and the database (PostgreSQL and MySQL only).
+    pub proxy: bool,
+    pub admin_token: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { proxy: false, admin_token: Some(ADMIN_TOKEN.to_owned()) }
+    }
+}
+
+pub struct TestApp {
+    server: JoinHandle<std::io::Result<()>>,
+    pub base: String,
+    pub http: reqwest::Client,
+    /// The service the runner serves (the same stores), for sweeps and direct store access.
+    pub svc: Service,
+    pub proxy: Option<Proxy>,
+    pub redis: RedisServer,
+    pub db: Database,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl TestApp {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, opts: Options) -> Self {
+        let redis = RedisServer::start().await;
+        let db = Database::create(backend).await;
+        let proxy = if opts.proxy {
+            assert_ne!(backend, Backend::Sqlite, "SQLite is a file: there is no connection to cut");
+            Some(Proxy::start(host_port(&db.url)).await)
+        } else {
+            None
+        };
+        let ledger_url = match &proxy {
+            Some(p) => db.url.replacen(&host_port(&db.url), &format!("127.0.0.1:{}", p.port), 1),
+            None => db.url.clone(),
+        };
+        let config = Config {
+            redis_url: redis.url.clone(),
+            ledger_url,
+            admin_token: opts.admin_token.clone(),
+            defaults: PolicyDefaults { lease_ttl_seconds: 90, heartbeat_interval_seconds: 30 },
+            sweep_interval: Duration::from_secs(3600),
+        };
+        let svc = Service::connect(config).await.expect("service connects to its stores");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(seatkeeper_local::serve(svc.clone(), listener, std::future::pending()));
+        TestApp { server, base, http: reqwest::Client::new(), svc, proxy, redis, db }
+    }
+
+    pub async fn request(&self, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body.to_string());
+        }
+        Self::read(req.send().await.expect("request reaches the runner")).await
+    }
+
+    /// Sends a raw body (for malformed JSON and oversized bodies).
+    pub async fn raw(&self, method: Method, path: &str, bearer: Option<&str>, body: Vec<u8>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path)).body(body);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        Self::read(req.send().await.expect("request reaches the runner")).await
+    }
+
+    async fn read(resp: reqwest::Response) -> Resp {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp { status, body, headers }
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        self.request(method, path, Some(ADMIN_TOKEN), body).await
+    }
+
+    /// Creates a license with a fresh id and these features; returns (licenseId, key).
+    pub async fn license(&self, features: Value) -> (String, String) {
+        let id = unique("lic-");
+        let r = self.admin(Method::PUT, &format!("/api/licenses/{id}"), Some(json!({ "features": features }))).await;
+        assert_eq!(r.status, 201, "license created: {r:?}");
+        (id, r.body["key"].as_str().expect("generated key").to_owned())
+    }
+
+    /// A license with one feature `f` of this policy.
+    pub async fn simple_license(&self, policy: Value) -> (String, String) {
+        self.license(json!({ "f": policy })).await
+    }
+
+    pub async fn create(&self, key: &str, body: Value) -> Resp {
+        self.request(Method::POST, "/api/licenses/sessions", Some(key), Some(body)).await
+    }
+
+    /// Creates a session for `user` on feature `f`; asserts 201 and returns the body.
+    pub async fn create_ok(&self, key: &str, user: &str) -> Value {
+        let r = self.create(key, json!({"userId": user, "feature": "f"})).await;
+        assert_eq!(r.status, 201, "create for {user}: {r:?}");
+        r.body
+    }
+
+    pub async fn heartbeat(&self, token: &str) -> Resp {
+        self.request(Method::POST, "/api/licenses/sessions/heartbeat", Some(token), None).await
+    }
+
+    pub async fn cleanup(&self, token: &str) -> Resp {
+        self.request(Method::POST, "/api/licenses/sessions/cleanup", Some(token), None).await
+    }
+
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        self.redis.conn().await
+    }
+
+    /// Leases of a slot that are live by the Redis server's clock.
+    pub async fn live_leases(&self, license: &str, feature: &str) -> u64 {
+        let mut c = self.redis_conn().await;
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+        let now_ms = secs * 1000 + micros / 1000;
+        redis::cmd("ZCOUNT")
+            .arg(format!("sk:{{{license}/{feature}}}:leases"))
+            .arg(format!("({now_ms}"))
+            .arg("+inf")
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+
+    /// All leases of a slot in Redis, live or due.
+    pub async fn all_leases(&self, license: &str, feature: &str) -> u64 {
+        let mut c = self.redis_conn().await;
+        redis::cmd("ZCARD").arg(format!("sk:{{{license}/{feature}}}:leases")).query_async(&mut c).await.unwrap()
+    }
+
+    /// A ledger session row's status, straight from the database.
+    pub async fn ledger_status(&self, session_id: &str) -> Option<String> {
+        self.svc.ledger().session(session_id).await.expect("ledger read").map(|r| r.status)
+    }
+}

@@ -31,10 +31,7 @@ pub struct CallError {
 impl Client {
     pub fn new(api_url: &str, token: Option<String>) -> Self {
         Client {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()
-                .expect("http client"),
+            http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client"),
             base: api_url.trim_end_matches('/').to_owned(),
             token,
         }
@@ -48,10 +45,10 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| CallError {
-            code: exit::UNAVAILABLE,
-            message: format!("cannot reach {}: {e}", self.base),
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CallError { code: exit::UNAVAILABLE, message: format!("cannot reach {}: {e}", self.base) })?;
         let status = resp.status();
         let value: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {
@@ -89,14 +86,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
     };
     let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
     out.extend(rows.iter().map(|r| line(r.clone())));
@@ -114,55 +104,105 @@ pub fn cell(v: &Value) -> String {
 
 /// Renders an API answer for people.
 pub fn render(kind: &str, v: &Value) -> String {
+    // Rows of an array of objects, one column per key.
     let rows = |arr: &Value, keys: &[&str]| -> Vec<Vec<String>> {
         arr.as_array()
             .map(|a| a.iter().map(|item| keys.iter().map(|k| cell(&item[*k])).collect()).collect())
             .unwrap_or_default()
     };
+    // Rows of the `features` map: the feature's name, then one column per key.
+    let feature_rows = |keys: &[&str]| -> Vec<Vec<String>> {
+        v["features"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(f, s)| std::iter::once(f.clone()).chain(keys.iter().map(|k| cell(&s[*k]))).collect())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     match kind {
-        "force-cleanup" => format!(
-            "ended {} session(s) of {} for {}\n{}",
-            cell(&v["ended"]),
-            cell(&v["userId"]),
-            cell(&v["feature"]),
-            table(&["SESSION"], &rows(&v["sessionIds"].as_array().map(|a| Value::Array(a.iter().map(|s| serde_json::json!({"id": s})).collect())).unwrap_or_default(), &["id"]))
-        ),
-        "debug" => {
-            let keys = ["sessionId", "licenseId", "status", "createdAt", "lastHeartbeatAt", "expiresAt", "inSeatStore", "inLedger"];
-            let lic = ["licenseId", "limit", "active", "seatStoreActive", "ledgerActive", "consistent"];
+        "force-cleanup" => {
+            let ids: Vec<Vec<String>> =
+                v["sessionIds"].as_array().map(|a| a.iter().map(|s| vec![cell(s)]).collect()).unwrap_or_default();
             format!(
-                "{}\n\n{}",
-                table(&["SESSION", "LICENSE", "STATUS", "CREATED", "LAST HEARTBEAT", "EXPIRES", "SEAT STORE", "LEDGER"], &rows(&v["sessions"], &keys)),
-                table(&["LICENSE", "LIMIT", "ACTIVE", "SEAT STORE", "LEDGER", "CONSISTENT"], &rows(&v["licenses"], &lic)),
+                "ended {} session(s) of {} for {}\n{}",
+                cell(&v["ended"]),
+                cell(&v["userId"]),
+                cell(&v["feature"]),
+                table(&["SESSION"], &ids)
             )
         }
-        "stats" => {
-            let keys = ["limit", "active", "peakActive", "created", "ended", "expired", "evicted", "replaced", "forceEnded", "limitRejections", "averageSessionSeconds"];
-            let rows: Vec<Vec<String>> = v["features"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(f, s)| std::iter::once(f.clone()).chain(keys.iter().map(|k| cell(&s[*k]))).collect())
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(&["FEATURE", "LIMIT", "ACTIVE", "PEAK", "CREATED", "ENDED", "EXPIRED", "EVICTED", "REPLACED", "FORCE ENDED", "REFUSED", "AVG SECONDS"], &rows)
+        "debug" => {
+            let sessions = [
+                "sessionId",
+                "licenseId",
+                "status",
+                "createdAt",
+                "lastHeartbeatAt",
+                "expiresAt",
+                "inSeatStore",
+                "inLedger",
+            ];
+            let licenses = ["licenseId", "limit", "active", "seatStoreActive", "ledgerActive", "consistent"];
+            format!(
+                "{}\n\n{}",
+                table(
+                    &["SESSION", "LICENSE", "STATUS", "CREATED", "LAST HEARTBEAT", "EXPIRES", "SEAT STORE", "LEDGER"],
+                    &rows(&v["sessions"], &sessions)
+                ),
+                table(
+                    &["LICENSE", "LIMIT", "ACTIVE", "SEAT STORE", "LEDGER", "CONSISTENT"],
+                    &rows(&v["licenses"], &licenses)
+                ),
+            )
         }
+        "stats" => table(
+            &[
+                "FEATURE",
+                "LIMIT",
+                "ACTIVE",
+                "PEAK",
+                "CREATED",
+                "ENDED",
+                "EXPIRED",
+                "EVICTED",
+                "REPLACED",
+                "FORCE ENDED",
+                "REFUSED",
+                "AVG SECONDS",
+            ],
+            &feature_rows(&[
+                "limit",
+                "active",
+                "peakActive",
+                "created",
+                "ended",
+                "expired",
+                "evicted",
+                "replaced",
+                "forceEnded",
+                "limitRejections",
+                "averageSessionSeconds",
+            ]),
+        ),
         "license" => {
-            let keys = ["maxSessions", "maxSessionsPerUser", "onLimit", "leaseTtlSeconds", "heartbeatIntervalSeconds", "resurrectWindowSeconds"];
-            let rows: Vec<Vec<String>> = v["features"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(f, s)| std::iter::once(f.clone()).chain(keys.iter().map(|k| cell(&s[*k]))).collect())
-                        .collect()
-                })
-                .unwrap_or_default();
             let key = v["key"].as_str().map(|k| format!("key (shown once): {k}\n")).unwrap_or_default();
+            let policy = [
+                "maxSessions",
+                "maxSessionsPerUser",
+                "onLimit",
+                "leaseTtlSeconds",
+                "heartbeatIntervalSeconds",
+                "resurrectWindowSeconds",
+            ];
             format!(
                 "license {}\n{key}{}",
                 cell(&v["licenseId"]),
-                table(&["FEATURE", "MAX", "PER USER", "ON LIMIT", "LEASE S", "HEARTBEAT S", "RESURRECT S"], &rows)
+                table(
+                    &["FEATURE", "MAX", "PER USER", "ON LIMIT", "LEASE S", "HEARTBEAT S", "RESURRECT S"],
+                    &feature_rows(&policy)
+                )
             )
         }
         _ => {

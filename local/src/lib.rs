@@ -30,9 +30,8 @@ pub async fn serve(svc: Service, listener: TcpListener, shutdown: impl Future<Ou
                 let svc = svc.clone();
                 async move { Ok::<_, Infallible>(handle(&svc, req).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
                 tracing::debug!(error = %e, "connection closed");
             }

@@ -108,7 +108,9 @@ enum LicenseVerb {
         #[arg(long, conflicts_with = "features")]
         body: Option<String>,
     },
-    Get { license: String },
+    Get {
+        license: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -247,13 +249,22 @@ async fn admin(args: AdminArgs) -> ExitCode {
             ("license", client.call(Method::GET, &format!("/api/licenses/{}", enc(&license)), None).await)
         }
         AdminVerb::License {
-            verb: LicenseVerb::Put { license, features, key, per_user, on_limit, lease_ttl, heartbeat, resurrect_window, body },
+            verb:
+                LicenseVerb::Put {
+                    license,
+                    features,
+                    key,
+                    per_user,
+                    on_limit,
+                    lease_ttl,
+                    heartbeat,
+                    resurrect_window,
+                    body,
+                },
         } => {
             let body = match body {
-                Some(raw) => serde_json::from_str::<Value>(&raw).map_err(|e| CallError {
-                    code: exit::USAGE,
-                    message: format!("--body is not JSON: {e}"),
-                }),
+                Some(raw) => serde_json::from_str::<Value>(&raw)
+                    .map_err(|e| CallError { code: exit::USAGE, message: format!("--body is not JSON: {e}") }),
                 None => license_body(
                     &features,
                     key,

@@ -187,15 +187,17 @@ impl Service {
         user: Option<Ident>,
         feature: Option<Ident>,
     ) -> Result<SweepReport> {
-        let l = self.ledger.license(license).await?.ok_or_else(|| Error::NotFound(format!("license {license} not found")))?;
+        let l = self
+            .ledger
+            .license(license)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("license {license} not found")))?;
         if let Some(f) = &feature {
             if !l.features.contains_key(f) {
                 return Err(Error::NotFound(format!("feature {f} is not part of license {license}")));
             }
         }
-        let report = self
-            .sweep(&SweepScope { license: Some(license.clone()), feature, user, full: true })
-            .await?;
+        let report = self.sweep(&SweepScope { license: Some(license.clone()), feature, user, full: true }).await?;
         if report.failed_slots > 0 {
             return Err(Error::seat_store("some slots could not be swept"));
         }
@@ -203,8 +205,16 @@ impl Service {
     }
 
     /// Per-feature counters of a license over the last `window_seconds`.
-    pub async fn session_stats(&self, license: &Ident, window_seconds: u64) -> Result<BTreeMap<String, FeatureStatsView>> {
-        let l = self.ledger.license(license).await?.ok_or_else(|| Error::NotFound(format!("license {license} not found")))?;
+    pub async fn session_stats(
+        &self,
+        license: &Ident,
+        window_seconds: u64,
+    ) -> Result<BTreeMap<String, FeatureStatsView>> {
+        let l = self
+            .ledger
+            .license(license)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("license {license} not found")))?;
         let now = now_ms();
         let mut stats = self.ledger.stats(license, now - window_seconds as i64 * 1000, now).await?;
         let mut out = BTreeMap::new();
@@ -228,7 +238,9 @@ pub(crate) mod http {
     use serde_json::{json, Map, Value};
 
     use crate::domain::{rfc3339_ms, EndReason};
-    use crate::http::{body_object, json_ok, opt_ident, path_ident, query_ident, query_u64, req_ident, require_admin, ApiError};
+    use crate::http::{
+        body_object, json_ok, opt_ident, path_ident, query_ident, query_u64, req_ident, require_admin, ApiError,
+    };
     use crate::service::Service;
 
     type ApiResult = Result<Response<Body>, ApiError>;

@@ -25,12 +25,9 @@ impl Config {
         let num = |name: &'static str, default: u32| -> Result<u32, Error> {
             match get(name) {
                 None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| Error::invalid(name, format!("{name} must be a whole number of seconds, 1 or more"))),
+                Some(v) => v.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    Error::invalid(name, format!("{name} must be a whole number of seconds, 1 or more"))
+                }),
             }
         };
         Ok(Config {

@@ -19,16 +19,11 @@ impl Ident {
     pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
         let ok = !value.is_empty()
             && value.len() <= Self::MAX_LEN
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'));
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'));
         if ok {
             Ok(Ident(value.to_owned()))
         } else {
-            Err(Error::invalid(
-                field,
-                format!("{field} must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -"),
-            ))
+            Err(Error::invalid(field, format!("{field} must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -")))
         }
     }
 
@@ -113,20 +108,14 @@ pub struct PolicyDefaults {
 const MAX_SECONDS: u64 = 86_400;
 const MAX_SEATS: u64 = 1_000_000;
 
-fn int_field(
-    field: String,
-    value: &Option<serde_json::Value>,
-    min: u64,
-    max: u64,
-) -> Result<Option<u32>, Error> {
+fn int_field(field: String, value: &Option<serde_json::Value>, min: u64, max: u64) -> Result<Option<u32>, Error> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if (min..=max).contains(&n) => Ok(Some(n as u32)),
-            _ => Err(Error::invalid_owned(
-                field.clone(),
-                format!("{field} must be a whole number from {min} to {max}"),
-            )),
+            _ => {
+                Err(Error::invalid_owned(field.clone(), format!("{field} must be a whole number from {min} to {max}")))
+            }
         },
     }
 }
@@ -136,11 +125,8 @@ impl FeaturePolicyInput {
     pub fn resolve(&self, feature: &str, defaults: PolicyDefaults) -> Result<FeaturePolicy, Error> {
         let name = |f: &str| format!("features.{feature}.{f}");
         let max_sessions = int_field(name("maxSessions"), &self.max_sessions, 0, MAX_SEATS)?
-            .ok_or_else(|| {
-                Error::invalid_owned(name("maxSessions"), format!("{} is required", name("maxSessions")))
-            })?;
-        let max_sessions_per_user =
-            int_field(name("maxSessionsPerUser"), &self.max_sessions_per_user, 1, MAX_SEATS)?;
+            .ok_or_else(|| Error::invalid_owned(name("maxSessions"), format!("{} is required", name("maxSessions"))))?;
+        let max_sessions_per_user = int_field(name("maxSessionsPerUser"), &self.max_sessions_per_user, 1, MAX_SEATS)?;
         let on_limit = match &self.on_limit {
             None | Some(serde_json::Value::Null) => OnLimit::Reject,
             Some(v) => v.as_str().and_then(OnLimit::parse).ok_or_else(|| {
@@ -150,16 +136,11 @@ impl FeaturePolicyInput {
                 )
             })?,
         };
-        let lease_ttl_seconds =
-            int_field(name("leaseTtlSeconds"), &self.lease_ttl_seconds, 1, MAX_SECONDS)?
-                .unwrap_or(defaults.lease_ttl_seconds);
-        let heartbeat_interval_seconds = int_field(
-            name("heartbeatIntervalSeconds"),
-            &self.heartbeat_interval_seconds,
-            1,
-            MAX_SECONDS,
-        )?
-        .unwrap_or_else(|| defaults.heartbeat_interval_seconds.min((lease_ttl_seconds / 3).max(1)));
+        let lease_ttl_seconds = int_field(name("leaseTtlSeconds"), &self.lease_ttl_seconds, 1, MAX_SECONDS)?
+            .unwrap_or(defaults.lease_ttl_seconds);
+        let heartbeat_interval_seconds =
+            int_field(name("heartbeatIntervalSeconds"), &self.heartbeat_interval_seconds, 1, MAX_SECONDS)?
+                .unwrap_or_else(|| defaults.heartbeat_interval_seconds.min((lease_ttl_seconds / 3).max(1)));
         if heartbeat_interval_seconds > lease_ttl_seconds {
             return Err(Error::invalid_owned(
                 name("heartbeatIntervalSeconds"),
@@ -167,8 +148,7 @@ impl FeaturePolicyInput {
             ));
         }
         let resurrect_window_seconds =
-            int_field(name("resurrectWindowSeconds"), &self.resurrect_window_seconds, 0, MAX_SECONDS)?
-                .unwrap_or(0);
+            int_field(name("resurrectWindowSeconds"), &self.resurrect_window_seconds, 0, MAX_SECONDS)?.unwrap_or(0);
         Ok(FeaturePolicy {
             max_sessions,
             max_sessions_per_user,
@@ -200,13 +180,8 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 5] = [
-        EndReason::Expired,
-        EndReason::Ended,
-        EndReason::Evicted,
-        EndReason::Replaced,
-        EndReason::ForceEnded,
-    ];
+    pub const ALL: [EndReason; 5] =
+        [EndReason::Expired, EndReason::Ended, EndReason::Evicted, EndReason::Replaced, EndReason::ForceEnded];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -248,9 +223,7 @@ pub struct Slot {
 
 /// Milliseconds since the Unix epoch as an RFC 3339 UTC string with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Whole seconds from `now_ms` until `until_ms`, rounded up, at least 1.

@@ -47,18 +47,48 @@ pub struct Route {
 /// Every route of the service: the local runner, the Lambda functions and the infrastructure
 /// template all read this one table.
 pub static ROUTES: &[Route] = &[
-    Route { method: Method::POST, path: "/api/licenses/sessions", op: Op::CreateSession, operation_id: "createSession" },
-    Route { method: Method::POST, path: "/api/licenses/sessions/heartbeat", op: Op::Heartbeat, operation_id: "heartbeat" },
-    Route { method: Method::POST, path: "/api/licenses/sessions/cleanup", op: Op::CleanupSession, operation_id: "cleanupSession" },
+    Route {
+        method: Method::POST,
+        path: "/api/licenses/sessions",
+        op: Op::CreateSession,
+        operation_id: "createSession",
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/licenses/sessions/heartbeat",
+        op: Op::Heartbeat,
+        operation_id: "heartbeat",
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/licenses/sessions/cleanup",
+        op: Op::CleanupSession,
+        operation_id: "cleanupSession",
+    },
     Route {
         method: Method::DELETE,
         path: "/api/licenses/sessions/force-cleanup/{userId}/{feature}",
         op: Op::ForceCleanup,
         operation_id: "forceCleanup",
     },
-    Route { method: Method::GET, path: "/api/licenses/sessions/debug", op: Op::DebugSessions, operation_id: "debugSessions" },
-    Route { method: Method::POST, path: "/api/licenses/cleanup-sessions", op: Op::CleanupSessions, operation_id: "cleanupSessions" },
-    Route { method: Method::GET, path: "/api/licenses/{licenseId}/session-stats", op: Op::SessionStats, operation_id: "sessionStats" },
+    Route {
+        method: Method::GET,
+        path: "/api/licenses/sessions/debug",
+        op: Op::DebugSessions,
+        operation_id: "debugSessions",
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/licenses/cleanup-sessions",
+        op: Op::CleanupSessions,
+        operation_id: "cleanupSessions",
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/licenses/{licenseId}/session-stats",
+        op: Op::SessionStats,
+        operation_id: "sessionStats",
+    },
     Route { method: Method::PUT, path: "/api/licenses/{licenseId}", op: Op::PutLicense, operation_id: "putLicense" },
     Route { method: Method::GET, path: "/api/licenses/{licenseId}", op: Op::GetLicense, operation_id: "getLicense" },
     Route { method: Method::GET, path: "/health", op: Op::Health, operation_id: "health" },
@@ -247,7 +277,10 @@ pub async fn dispatch(svc: &Service, req: Request) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let matching: Vec<&Route> = ROUTES
         .iter()
-        .filter(|r| match_template(r.path, &path).is_some() && r.path.split('/').count() == path.trim_end_matches('/').split('/').count())
+        .filter(|r| {
+            match_template(r.path, &path).is_some()
+                && r.path.split('/').count() == path.trim_end_matches('/').split('/').count()
+        })
         .collect();
     let best = matching.iter().map(|r| literal_segments(r.path)).max();
     let candidates: Vec<&Route> = matching.into_iter().filter(|r| Some(literal_segments(r.path)) == best).collect();
@@ -343,8 +376,12 @@ pub(crate) fn body_object(req: &Request) -> Result<Map<String, Value>, ApiError>
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Error::InvalidRequest { field: None, message: "request body must be a JSON object".into() }.into()),
-        Err(e) => Err(Error::InvalidRequest { field: None, message: format!("request body is not valid JSON: {e}") }.into()),
+        Ok(_) => {
+            Err(Error::InvalidRequest { field: None, message: "request body must be a JSON object".into() }.into())
+        }
+        Err(e) => {
+            Err(Error::InvalidRequest { field: None, message: format!("request body is not valid JSON: {e}") }.into())
+        }
     }
 }
 
@@ -384,10 +421,7 @@ pub(crate) fn require_admin(svc: &Service, req: &Request) -> Result<(), ApiError
     }
 }
 
-pub(crate) fn path_ident(
-    params: &BTreeMap<String, String>,
-    name: &'static str,
-) -> Result<Ident, ApiError> {
+pub(crate) fn path_ident(params: &BTreeMap<String, String>, name: &'static str) -> Result<Ident, ApiError> {
     Ok(Ident::parse(name, params.get(name).map(String::as_str).unwrap_or(""))?)
 }
 
@@ -475,7 +509,8 @@ fn session_token(req: &Request) -> Result<String, ApiError> {
     }
     let body = body_object(req)?;
     opt_str(&body, "sessionToken")?.map(str::to_owned).ok_or_else(|| {
-        Error::Unauthorized("missing session token: use Authorization: Bearer <sessionToken> or {\"sessionToken\"}").into()
+        Error::Unauthorized("missing session token: use Authorization: Bearer <sessionToken> or {\"sessionToken\"}")
+            .into()
     })
 }
 

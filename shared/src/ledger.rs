@@ -288,11 +288,12 @@ impl SqlLedger {
                 .await
                 .map_err(Error::ledger)?;
             if done.rows_affected() == 1 {
-                let row = sqlx::query(self.sql("SELECT license_id, feature, user_id FROM sessions WHERE session_id = ?"))
-                    .bind(&end.session_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(Error::ledger)?;
+                let row =
+                    sqlx::query(self.sql("SELECT license_id, feature, user_id FROM sessions WHERE session_id = ?"))
+                        .bind(&end.session_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(Error::ledger)?;
                 let (l, f, u): (String, String, String) = (
                     row.try_get(0).map_err(Error::ledger)?,
                     row.try_get(1).map_err(Error::ledger)?,
@@ -350,21 +351,25 @@ impl Ledger for SqlLedger {
             .map_err(Error::ledger)?
             .is_some();
         let write = if exists {
-            sqlx::query(self.sql("UPDATE licenses SET key_hash = COALESCE(?, key_hash), updated_at = ? WHERE license_id = ?"))
-                .bind(key_hash)
-                .bind(now_ms)
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
+            sqlx::query(
+                self.sql("UPDATE licenses SET key_hash = COALESCE(?, key_hash), updated_at = ? WHERE license_id = ?"),
+            )
+            .bind(key_hash)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
         } else {
             let key_hash = key_hash.ok_or_else(|| Error::invalid("key", "key is required"))?;
-            sqlx::query(self.sql("INSERT INTO licenses (license_id, key_hash, created_at, updated_at) VALUES (?, ?, ?, ?)"))
-                .bind(id.as_str())
-                .bind(key_hash)
-                .bind(now_ms)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
+            sqlx::query(
+                self.sql("INSERT INTO licenses (license_id, key_hash, created_at, updated_at) VALUES (?, ?, ?, ?)"),
+            )
+            .bind(id.as_str())
+            .bind(key_hash)
+            .bind(now_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
         };
         match write {
             Err(e) if is_unique_violation(&e) => {
@@ -477,9 +482,9 @@ impl Ledger for SqlLedger {
     }
 
     async fn count_active(&self, slot: &Slot) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(self.sql(
-            "SELECT COUNT(*) FROM sessions WHERE license_id = ? AND feature = ? AND status = 'active'",
-        ))
+        let n: i64 = sqlx::query_scalar(
+            self.sql("SELECT COUNT(*) FROM sessions WHERE license_id = ? AND feature = ? AND status = 'active'"),
+        )
         .bind(slot.license.as_str())
         .bind(slot.feature.as_str())
         .fetch_one(&self.pool)
@@ -490,8 +495,15 @@ impl Ledger for SqlLedger {
 
     async fn record_limit_rejection(&self, slot: &Slot, user: &Ident, at_ms: i64) -> Result<()> {
         let mut conn = self.pool.acquire().await.map_err(Error::ledger)?;
-        self.insert_event(&mut conn, (slot.license.as_str(), slot.feature.as_str()), None, user.as_str(), "limit_rejected", at_ms)
-            .await
+        self.insert_event(
+            &mut conn,
+            (slot.license.as_str(), slot.feature.as_str()),
+            None,
+            user.as_str(),
+            "limit_rejected",
+            at_ms,
+        )
+        .await
     }
 
     async fn slots(&self) -> Result<Vec<Slot>> {
@@ -509,7 +521,9 @@ impl Ledger for SqlLedger {
     }
 
     async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>> {
-        let q = format!("user_id = ? AND feature = ? AND (status = 'active' OR ended_at >= {since_ms}) ORDER BY created_at");
+        let q = format!(
+            "user_id = ? AND feature = ? AND (status = 'active' OR ended_at >= {since_ms}) ORDER BY created_at"
+        );
         self.sessions_where(&q, &[user.as_str(), feature.as_str()]).await
     }
 
@@ -587,11 +601,8 @@ impl Ledger for SqlLedger {
         for (feature, iv) in intervals {
             let s = out.entry(feature).or_default();
             s.peak_active = peak_overlap(&iv, since_ms);
-            let finished: Vec<i64> = iv
-                .iter()
-                .filter(|(c, e, ended)| *ended && *c >= since_ms && e >= c)
-                .map(|(c, e, _)| e - c)
-                .collect();
+            let finished: Vec<i64> =
+                iv.iter().filter(|(c, e, ended)| *ended && *c >= since_ms && e >= c).map(|(c, e, _)| e - c).collect();
             if !finished.is_empty() {
                 s.average_session_seconds = finished.iter().sum::<i64>() as f64 / finished.len() as f64 / 1000.0;
             }

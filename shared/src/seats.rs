@@ -76,21 +76,8 @@ pub struct NewSeat<'a> {
 
 #[derive(Debug)]
 pub enum CreateOutcome {
-    Admitted {
-        now_ms: i64,
-        expires_ms: i64,
-        active: u32,
-        replaced: Option<String>,
-        evicted: Option<String>,
-    },
-    Replay {
-        session_id: String,
-        token: String,
-        created_ms: i64,
-        expires_ms: i64,
-        device: Option<String>,
-        active: u32,
-    },
+    Admitted { now_ms: i64, expires_ms: i64, active: u32, replaced: Option<String>, evicted: Option<String> },
+    Replay { session_id: String, token: String, created_ms: i64, expires_ms: i64, device: Option<String>, active: u32 },
     Limit { scope: LimitScope, limit: u32, active: u32, retry_after_ms: i64 },
     IdempotencyConflict,
     Rebuild,
@@ -309,8 +296,7 @@ impl SeatStore {
     pub async fn rebuild(&self, slot: &Slot, policy: &FeaturePolicy, seats: &[RebuildSeat]) -> Result<u64> {
         const CHUNK: usize = 500;
         let k = SlotKeys::new(slot);
-        let chunks: Vec<&[RebuildSeat]> =
-            if seats.is_empty() { vec![&[]] } else { seats.chunks(CHUNK).collect() };
+        let chunks: Vec<&[RebuildSeat]> = if seats.is_empty() { vec![&[]] } else { seats.chunks(CHUNK).collect() };
         let mut restored = 0;
         for (i, chunk) in chunks.iter().enumerate() {
             let mut inv = self.scripts.rebuild.prepare_invoke();
@@ -389,12 +375,8 @@ impl SeatStore {
     pub async fn slot_size(&self, slot: &Slot) -> Result<(bool, u64)> {
         let k = SlotKeys::new(slot);
         let mut conn = self.conn.clone();
-        let (cfg, leases): (bool, u64) = redis::pipe()
-            .exists(k.cfg())
-            .zcard(k.leases())
-            .query_async(&mut conn)
-            .await
-            .map_err(Error::seat_store)?;
+        let (cfg, leases): (bool, u64) =
+            redis::pipe().exists(k.cfg()).zcard(k.leases()).query_async(&mut conn).await.map_err(Error::seat_store)?;
         Ok((cfg, leases))
     }
 
@@ -409,11 +391,7 @@ impl SeatStore {
             .query_async(&mut conn)
             .await
             .map_err(Error::seat_store)?;
-        Ok(st.map(|st| RecordState {
-            reason: EndReason::parse(&st),
-            ended_ms: x,
-            last_heartbeat_ms: h,
-        }))
+        Ok(st.map(|st| RecordState { reason: EndReason::parse(&st), ended_ms: x, last_heartbeat_ms: h }))
     }
 
     /// Removes a lease the ledger does not explain (an orphan seat) and its record.
@@ -459,8 +437,7 @@ impl Reply {
     fn opt_str(&self, i: usize) -> Result<Option<String>> {
         Ok(match self.get(i)? {
             Value::Nil => None,
-            v => Some(redis::from_redis_value_ref::<String>(v).map_err(Error::seat_store)?)
-                .filter(|s| !s.is_empty()),
+            v => Some(redis::from_redis_value_ref::<String>(v).map_err(Error::seat_store)?).filter(|s| !s.is_empty()),
         })
     }
     fn int(&self, i: usize) -> Result<i64> {

@@ -170,17 +170,18 @@ impl Service {
                     expires_at_ms: expires_ms,
                     ended_at_ms: None,
                 };
-                let ends: Vec<SessionEnd> = [(replaced.as_ref(), EndReason::Replaced), (evicted.as_ref(), EndReason::Evicted)]
-                    .into_iter()
-                    .filter_map(|(sid, reason)| {
-                        sid.map(|sid| SessionEnd {
-                            session_id: sid.clone(),
-                            reason,
-                            ended_at_ms: now_ms,
-                            last_heartbeat_at_ms: None,
+                let ends: Vec<SessionEnd> =
+                    [(replaced.as_ref(), EndReason::Replaced), (evicted.as_ref(), EndReason::Evicted)]
+                        .into_iter()
+                        .filter_map(|(sid, reason)| {
+                            sid.map(|sid| SessionEnd {
+                                session_id: sid.clone(),
+                                reason,
+                                ended_at_ms: now_ms,
+                                last_heartbeat_at_ms: None,
+                            })
                         })
-                    })
-                    .collect();
+                        .collect();
                 if let Err(e) = self.ledger.insert_session(&row, &ends).await {
                     // Nothing half-done: the seat goes back before the client hears of the failure.
                     if let Err(release) = self.seats.release(&slot, &session_id, seat.idempotency_key).await {
@@ -196,13 +197,9 @@ impl Service {
                     ..base(false, session_token, session_id)
                 })
             }
-            CreateOutcome::Replay { session_id, token, created_ms, expires_ms, device, active } => Ok(Session {
-                created_ms,
-                expires_ms,
-                active,
-                device,
-                ..base(true, token, session_id)
-            }),
+            CreateOutcome::Replay { session_id, token, created_ms, expires_ms, device, active } => {
+                Ok(Session { created_ms, expires_ms, active, device, ..base(true, token, session_id) })
+            }
             CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
                 let now = chrono::Utc::now().timestamp_millis();
                 if let Err(e) = self.ledger.record_limit_rejection(&slot, &req.user, now).await {
@@ -233,12 +230,9 @@ impl Service {
             outcome = self.seats.heartbeat(slot, &claims.session_id, &token_hash).await?;
         }
         match outcome {
-            HeartbeatOutcome::Renewed { expires_ms, heartbeat_interval_seconds, resurrected } => Ok(Renewed {
-                session_id: claims.session_id,
-                expires_ms,
-                heartbeat_interval_seconds,
-                resurrected,
-            }),
+            HeartbeatOutcome::Renewed { expires_ms, heartbeat_interval_seconds, resurrected } => {
+                Ok(Renewed { session_id: claims.session_id, expires_ms, heartbeat_interval_seconds, resurrected })
+            }
             HeartbeatOutcome::Gone(reason) => Err(Error::SessionExpired { reason }),
             HeartbeatOutcome::Unknown | HeartbeatOutcome::Rebuild => {
                 Err(match self.ended_in_ledger(&claims.session_id, &token_hash).await {
@@ -334,8 +328,12 @@ impl Service {
         }
         let mut features = BTreeMap::new();
         for (name, policy) in &input.features {
-            let feature = Ident::parse("features", name)
-                .map_err(|_| Error::invalid("features", format!("feature name {name:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -")))?;
+            let feature = Ident::parse("features", name).map_err(|_| {
+                Error::invalid(
+                    "features",
+                    format!("feature name {name:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -"),
+                )
+            })?;
             features.insert(feature, policy.resolve(name, self.config.defaults)?);
         }
         let existing = self.ledger.license(&id).await?;

@@ -223,7 +223,14 @@ mod tests {
 
     #[test]
     fn emf_line_names_each_metric() {
-        let r = SweepReport { expired: 3, orphan_seats: 1, orphan_rows: 2, repaired: 4, duration_ms: 9, ..Default::default() };
+        let r = SweepReport {
+            expired: 3,
+            orphan_seats: 1,
+            orphan_rows: 2,
+            repaired: 4,
+            duration_ms: 9,
+            ..Default::default()
+        };
         let v: serde_json::Value = serde_json::from_str(&r.emf_line(1)).unwrap();
         assert_eq!(v["Expired"], 3);
         assert_eq!(v["OrphansRemoved"], 3);

@@ -27,11 +27,7 @@ pub fn new_session_id() -> String {
 /// Mints a token for a session; returns the token and its hash.
 pub fn mint_session_token(slot: &Slot, session_id: &str) -> (String, String) {
     let prefix = format!("{}/{}/{}", slot.license, slot.feature, session_id);
-    let token = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(prefix),
-        URL_SAFE_NO_PAD.encode(random_bytes::<32>())
-    );
+    let token = format!("{}.{}", URL_SAFE_NO_PAD.encode(prefix), URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
     let hash = hash_secret(&token);
     (token, hash)
 }
@@ -94,10 +90,7 @@ mod tests {
     use super::*;
 
     fn slot() -> Slot {
-        Slot {
-            license: Ident::parse("l", "lic-1").unwrap(),
-            feature: Ident::parse("f", "web.rtc:x@y").unwrap(),
-        }
+        Slot { license: Ident::parse("l", "lic-1").unwrap(), feature: Ident::parse("f", "web.rtc:x@y").unwrap() }
     }
 
     #[test]

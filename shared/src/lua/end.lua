@@ -1,15 +1,9 @@
 -- Ends a live session (logout, force-cleanup). A lease that already ran out is left to the sweep.
 -- KEYS: leases, cfg, record. ARGV: sid, token hash ('' for an admin: no token check), reason, retention ms
 local leases, cfg, rec = KEYS[1], KEYS[2], KEYS[3]
-local r = redis.call('HMGET', rec, 'th', 'st', 'e', 'h')
-if not r[1] then
-  if redis.call('EXISTS', cfg) == 0 then
-    return {'rebuild'}
-  end
-  return {'unknown'}
-end
-if ARGV[2] ~= '' and r[1] ~= ARGV[2] then
-  return {'unknown'}
+local r, reply = load_session(cfg, rec, ARGV[2], 'st', 'e', 'h')
+if not r then
+  return reply
 end
 if r[2] ~= 'a' then
   return {'over', r[2]}

@@ -1,15 +1,9 @@
 -- Renews a lease; revives one that ran out less than the resurrect window ago if a seat is free.
 -- KEYS: leases, cfg, record. ARGV: prefix, sid, token hash, retention ms
 local leases, cfg, rec = KEYS[1], KEYS[2], KEYS[3]
-local r = redis.call('HMGET', rec, 'th', 'st', 'e', 'u')
-if not r[1] then
-  if redis.call('EXISTS', cfg) == 0 then
-    return {'rebuild'}
-  end
-  return {'unknown'}
-end
-if r[1] ~= ARGV[3] then
-  return {'unknown'}
+local r, reply = load_session(cfg, rec, ARGV[3], 'st', 'e', 'u')
+if not r then
+  return reply
 end
 if r[2] ~= 'a' then
   return {'gone', r[2]}

@@ -41,3 +41,20 @@ local function user_live(prefix, live, user, except)
   end
   return n, soonest
 end
+
+-- Reads a session's record: 'th' first, then the fields asked for. Returns them, or nil and the
+-- reply to give: 'rebuild' when the slot lost its data, 'unknown' when the record is gone or the
+-- token hash does not match ('' skips the token check, for admins).
+local function load_session(cfg, rec, token_hash, ...)
+  local r = redis.call('HMGET', rec, 'th', ...)
+  if not r[1] then
+    if redis.call('EXISTS', cfg) == 0 then
+      return nil, {'rebuild'}
+    end
+    return nil, {'unknown'}
+  end
+  if token_hash ~= '' and r[1] ~= token_hash then
+    return nil, {'unknown'}
+  end
+  return r
+end

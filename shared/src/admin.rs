@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::{EndReason, Ident, Slot};
+use crate::domain::{now_ms, EndReason, Ident, Slot};
 use crate::error::{Error, Result};
 use crate::ledger::{FeatureStats, SessionEnd, ACTIVE};
 use crate::seats::EndOutcome;
@@ -52,10 +52,6 @@ pub struct FeatureStatsView {
     pub limit: u32,
     pub active: u64,
     pub stats: FeatureStats,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl Service {

@@ -221,6 +221,12 @@ pub struct Slot {
     pub feature: Ident,
 }
 
+/// This process's clock in Unix milliseconds: for ledger bookkeeping (stats windows, refused
+/// creates), never for lease decisions, which the Redis server's clock takes.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// Milliseconds since the Unix epoch as an RFC 3339 UTC string with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -201,7 +201,7 @@ impl Service {
                 Ok(Session { created_ms, expires_ms, active, device, ..base(true, token, session_id) })
             }
             CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
-                let now = chrono::Utc::now().timestamp_millis();
+                let now = crate::domain::now_ms();
                 if let Err(e) = self.ledger.record_limit_rejection(&slot, &req.user, now).await {
                     tracing::warn!(error = %e, "could not record a refused create in the ledger");
                 }
@@ -342,7 +342,7 @@ impl Service {
             _ => None,
         };
         let key_hash = input.key.as_deref().or(generated_key.as_deref()).map(token::hash_secret);
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = crate::domain::now_ms();
         let written = self.ledger.put_license(&id, key_hash.as_deref(), &features, now).await?;
         for (feature, policy) in &written.license.features {
             let slot = Slot { license: id.clone(), feature: feature.clone() };

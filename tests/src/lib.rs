@@ -134,7 +134,9 @@ impl Database {
             }
             Backend::Postgres | Backend::MySql => {
                 let (var, default) = match backend {
-                    Backend::Postgres => ("SEATKEEPER_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+                    Backend::Postgres => {
+                        ("SEATKEEPER_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+                    }
                     _ => ("SEATKEEPER_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
                 };
                 let admin_url = std::env::var(var).unwrap_or_else(|_| default.to_owned());

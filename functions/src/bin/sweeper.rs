@@ -12,15 +12,8 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| async move {
         let report = svc.sweep(&SweepScope::default()).await?;
         tracing::info!(?report, "sweep finished");
-        println!("{}", report.emf_line(chrono_now_ms()));
+        println!("{}", report.emf_line(seatkeeper_core::domain::now_ms()));
         Ok::<_, Error>(serde_json::to_value(&report)?)
     }))
     .await
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

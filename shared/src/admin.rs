@@ -69,7 +69,8 @@ impl Service {
             .collect()
     }
 
-    /// Ends every live session of a user for a feature, in the seat store and the ledger both.
+    /// Ends every session of a user for a feature that still holds or may regain a seat, in the
+    /// seat store and the ledger both.
     pub async fn force_cleanup(&self, user: &Ident, feature: &Ident, license: Option<&Ident>) -> Result<ForceCleanup> {
         if let Some(l) = license {
             self.ledger.license(l).await?.ok_or_else(|| Error::NotFound(format!("license {l} not found")))?;
@@ -79,7 +80,8 @@ impl Service {
         for slot in self.user_slots(user, feature, license).await? {
             let snapshot = self.seats.snapshot(&slot).await?;
             let mut seen = BTreeSet::new();
-            for entry in snapshot.live().filter(|e| e.user.as_deref() == Some(user.as_str())) {
+            // Leases that ran out but could still be revived end too: nothing the admin ended comes back.
+            for entry in snapshot.entries.iter().filter(|e| e.user.as_deref() == Some(user.as_str())) {
                 seen.insert(entry.session_id.clone());
                 if let EndOutcome::Ended { at_ms, last_heartbeat_ms } =
                     self.seats.end(&slot, &entry.session_id, None, EndReason::ForceEnded).await?

@@ -5,6 +5,10 @@ use std::time::Duration;
 use crate::domain::PolicyDefaults;
 use crate::error::Error;
 
+/// Ledger connections per process. A Lambda instance serves one request at a time, and every
+/// instance holds its own pool, so this stays small; the local runner may want more.
+pub const DEFAULT_LEDGER_POOL_SIZE: u32 = 8;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub redis_url: String,
@@ -13,6 +17,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub defaults: PolicyDefaults,
     pub sweep_interval: Duration,
+    pub ledger_pool_size: u32,
 }
 
 impl Config {
@@ -39,6 +44,7 @@ impl Config {
                 heartbeat_interval_seconds: num("SEATKEEPER_HEARTBEAT_INTERVAL_SECONDS", 30)?,
             },
             sweep_interval: Duration::from_secs(num("SEATKEEPER_SWEEP_INTERVAL_SECONDS", 900)?.into()),
+            ledger_pool_size: num("SEATKEEPER_LEDGER_POOL_SIZE", DEFAULT_LEDGER_POOL_SIZE)?,
         })
     }
 }

@@ -83,7 +83,8 @@ pub trait Ledger: Send + Sync {
     async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>>;
     /// Records a new session and, in the same transaction, the ends it caused (takeover, eviction).
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()>;
-    /// Records ends of sessions still active in the ledger; returns the ids it changed.
+    /// Records ends of sessions still active in the ledger (the lease's expiry becomes the end
+    /// time); returns the ids it changed.
     async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>>;
     async fn session(&self, session_id: &str) -> Result<Option<SessionRow>>;
     async fn active_sessions(&self, slot: &Slot) -> Result<Vec<SessionRow>>;
@@ -114,8 +115,14 @@ pub struct SqlLedger {
 }
 
 impl SqlLedger {
-    /// Connects and applies the embedded migrations. SQLite files are created when missing.
+    /// Connects with the default pool size and applies the embedded migrations.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, crate::config::DEFAULT_LEDGER_POOL_SIZE).await
+    }
+
+    /// Connects with at most `pool_size` connections (SQLite: at most 4, one writer at a time
+    /// anyway) and applies the embedded migrations. SQLite files are created when missing.
+    pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = if url.starts_with("sqlite:") {
             let url = if url.contains("mode=") || url.contains(":memory:") {
@@ -137,7 +144,7 @@ impl SqlLedger {
             )));
         };
         let pool = AnyPoolOptions::new()
-            .max_connections(if dialect == Dialect::Sqlite { 4 } else { 16 })
+            .max_connections(if dialect == Dialect::Sqlite { pool_size.min(4) } else { pool_size })
             .acquire_timeout(Duration::from_secs(3))
             .connect(&url)
             .await
@@ -273,7 +280,7 @@ impl SqlLedger {
         for end in ends {
             let q = "UPDATE sessions SET status = ?, ended_at = ?, \
                      last_heartbeat_at = CASE WHEN ? > last_heartbeat_at THEN ? ELSE last_heartbeat_at END, \
-                     expires_at = CASE WHEN ? < expires_at THEN ? ELSE expires_at END \
+                     expires_at = ? \
                      WHERE session_id = ? AND status = 'active'";
             let hb = end.last_heartbeat_at_ms.unwrap_or(0);
             let done = sqlx::query(self.sql(q))
@@ -281,7 +288,6 @@ impl SqlLedger {
                 .bind(end.ended_at_ms)
                 .bind(hb)
                 .bind(hb)
-                .bind(end.ended_at_ms)
                 .bind(end.ended_at_ms)
                 .bind(&end.session_id)
                 .execute(&mut *tx)

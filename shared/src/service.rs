@@ -90,7 +90,7 @@ impl Service {
     /// Connects to the stores named by the configuration.
     pub async fn connect(config: Config) -> Result<Self> {
         let seats = SeatStore::connect(&config.redis_url)?;
-        let ledger = crate::ledger::SqlLedger::connect(&config.ledger_url).await?;
+        let ledger = crate::ledger::SqlLedger::connect_with(&config.ledger_url, config.ledger_pool_size).await?;
         Ok(Service::new(seats, Arc::new(ledger), config))
     }
 

@@ -155,8 +155,15 @@ async fn serve(listen: SocketAddr) -> ExitCode {
     };
     tracing::info!(%listen, "seatkeeper serving");
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
+    // Ctrl-C or SIGTERM (a process manager) stop accepting; requests under way finish.
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
     };
     match seatkeeper_local::serve(svc, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

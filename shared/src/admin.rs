@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::{now_ms, EndReason, Ident, Slot};
 use crate::error::{Error, Result};
-use crate::ledger::{FeatureStats, SessionEnd, ACTIVE};
+use crate::ledger::{FeatureStats, SessionEnd, SessionRow, ACTIVE};
 use crate::seats::EndOutcome;
 use crate::service::Service;
 use crate::sweep::{SweepReport, SweepScope};
@@ -55,29 +55,42 @@ pub struct FeatureStatsView {
 }
 
 impl Service {
-    /// The licenses a user touched for a feature recently, plus `license` if given.
-    async fn user_slots(&self, user: &Ident, feature: &Ident, license: Option<&Ident>) -> Result<Vec<Slot>> {
-        let rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
-        let mut licenses: BTreeSet<String> = rows.into_iter().map(|r| r.license_id).collect();
+    /// A user's recent ledger rows for a feature, and the slots to look at: the licenses of those
+    /// rows, or only `license` when given. A user the ledger has not seen lately is not found.
+    async fn user_scope(
+        &self,
+        user: &Ident,
+        feature: &Ident,
+        license: Option<&Ident>,
+    ) -> Result<(Vec<SessionRow>, Vec<Slot>)> {
         if let Some(l) = license {
-            licenses.retain(|x| x == l.as_str());
-            licenses.insert(l.to_string());
+            let found = self.ledger.license(l).await?.ok_or_else(|| Error::NotFound(format!("license {l} not found")))?;
+            if !found.features.contains_key(feature) {
+                return Err(Error::NotFound(format!("feature {feature} is not part of license {l}")));
+            }
         }
-        licenses
+        let rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
+        if rows.is_empty() && license.is_none() {
+            return Err(Error::NotFound(format!("no sessions of user {user} for feature {feature} in the last 24 hours")));
+        }
+        let licenses: BTreeSet<&str> = match license {
+            Some(l) => BTreeSet::from([l.as_str()]),
+            None => rows.iter().map(|r| r.license_id.as_str()).collect(),
+        };
+        let slots = licenses
             .into_iter()
-            .map(|l| Ok(Slot { license: Ident::parse("licenseId", &l)?, feature: feature.clone() }))
-            .collect()
+            .map(|l| Ok(Slot { license: Ident::parse("licenseId", l)?, feature: feature.clone() }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((rows, slots))
     }
 
     /// Ends every session of a user for a feature that still holds or may regain a seat, in the
     /// seat store and the ledger both.
     pub async fn force_cleanup(&self, user: &Ident, feature: &Ident, license: Option<&Ident>) -> Result<ForceCleanup> {
-        if let Some(l) = license {
-            self.ledger.license(l).await?.ok_or_else(|| Error::NotFound(format!("license {l} not found")))?;
-        }
+        let (rows, slots) = self.user_scope(user, feature, license).await?;
         let mut ended = Vec::new();
         let mut ends = Vec::new();
-        for slot in self.user_slots(user, feature, license).await? {
+        for slot in slots {
             let snapshot = self.seats.snapshot(&slot).await?;
             let mut seen = BTreeSet::new();
             // Leases that ran out but could still be revived end too: nothing the admin ended comes back.
@@ -96,16 +109,15 @@ impl Service {
                 }
             }
             // Rows the ledger still holds active without a live seat end too: nothing stays stuck.
-            for row in self.ledger.active_sessions(&slot).await? {
-                if row.user_id == user.as_str() && !seen.contains(&row.session_id) {
-                    ends.push(SessionEnd {
-                        session_id: row.session_id.clone(),
-                        reason: EndReason::ForceEnded,
-                        ended_at_ms: snapshot.now_ms,
-                        last_heartbeat_at_ms: None,
-                    });
-                }
-            }
+            let stuck = rows.iter().filter(|r| {
+                r.status == ACTIVE && r.license_id == slot.license.as_str() && !seen.contains(&r.session_id)
+            });
+            ends.extend(stuck.map(|row| SessionEnd {
+                session_id: row.session_id.clone(),
+                reason: EndReason::ForceEnded,
+                ended_at_ms: snapshot.now_ms,
+                last_heartbeat_at_ms: None,
+            }));
         }
         // The seats are already free; the ledger must learn it now, or the admin hears of it.
         for sid in self.ledger.end_sessions(&ends).await? {
@@ -118,7 +130,7 @@ impl Service {
 
     /// Both stores side by side for one user and feature, drift flagged.
     pub async fn debug(&self, user: &Ident, feature: &Ident) -> Result<DebugView> {
-        let rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
+        let (rows, slots) = self.user_scope(user, feature, None).await?;
         let mut sessions: BTreeMap<String, DebugSession> = rows
             .iter()
             .map(|r| {
@@ -138,7 +150,7 @@ impl Service {
             })
             .collect();
         let mut licenses = Vec::new();
-        for slot in self.user_slots(user, feature, None).await? {
+        for slot in slots {
             let snapshot = self.seats.snapshot(&slot).await?;
             for e in snapshot.entries.iter().filter(|e| e.user.as_deref() == Some(user.as_str())) {
                 let live = e.expires_ms > snapshot.now_ms;

@@ -742,8 +742,32 @@ async fn admin_force_cleans_a_stuck_user(b: Backend) {
     app.create_ok(&key, "newcomer").await;
 }
 
+/// A user, license or feature the service does not know is 404 on the admin routes that name them.
+async fn admin_routes_name_unknown_users_licenses_and_features(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 3})).await;
+    app.create_ok(&key, "known").await;
+    for path in [
+        "/api/licenses/sessions/force-cleanup/nobody/f".to_owned(),
+        "/api/licenses/sessions/debug?userId=nobody&feature=f".to_owned(),
+        "/api/licenses/sessions/force-cleanup/known/other-feature".to_owned(),
+        format!("/api/licenses/sessions/force-cleanup/known/other-feature?licenseId={license}"),
+        "/api/licenses/sessions/force-cleanup/known/f?licenseId=no-such-license".to_owned(),
+    ] {
+        let method = if path.contains("debug") { Method::GET } else { Method::DELETE };
+        app.admin(method, &path, None).await.expect_error(404, "not_found");
+    }
+    // A known user with nothing live: 200 and nothing ended, also when a license narrows it.
+    let r = app
+        .admin(Method::DELETE, &format!("/api/licenses/sessions/force-cleanup/nobody/f?licenseId={license}"), None)
+        .await;
+    assert_eq!(r.body, json!({"userId": "nobody", "feature": "f", "ended": 0, "sessionIds": []}), "{r:?}");
+    assert_eq!(app.live_leases(&license, "f").await, 1, "the known user's session is untouched");
+}
+
 ledger_tests!(
     sweep_expires_each_lease_once,
+    admin_routes_name_unknown_users_licenses_and_features,
     full_sweep_writes_heartbeats_back,
     orphans_both_ways_are_removed,
     flushall_rebuilds_from_the_ledger,

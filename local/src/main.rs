@@ -155,7 +155,7 @@ async fn serve(listen: SocketAddr) -> ExitCode {
     };
     tracing::info!(%listen, "seatkeeper serving");
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
-    // Ctrl-C or SIGTERM (a process manager) stop accepting; requests under way finish.
+    // Ctrl-C or SIGTERM (a process manager) stop the runner.
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -1,0 +1,182 @@
+//! Item 2: full session cycles (create, heartbeat, cleanup) through the core service on each ledger,
+//! with one license and with many, against the same three scripts by raw EVALSHA with no ledger at
+//! all (what a Redis-only semaphore does). The ledger's share of the time comes from the timing
+//! wrapper around the ledger.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use seatkeeper_core::domain::Ident;
+use seatkeeper_core::service::CreateSession;
+
+use crate::infra::{evalsha_usec, progress, reset_stats, Backend, Cpu, Database, RedisServer, Stack};
+use crate::load::{closed_loop, warmup_for, Kind};
+use crate::raw::{self, Policy, Shas};
+use crate::report::{fmt_int, Row};
+use crate::Args;
+
+/// The service's sustained target (issue 4, item 2), with PostgreSQL on a 2-core machine.
+pub const TARGET_CYCLES: f64 = 15_000.0;
+
+pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<()> {
+    for ledger in &a.cycle_ledgers {
+        let backend = Backend::parse(ledger)?;
+        for &licenses in &a.cycle_licenses {
+            one(a, redis, backend, licenses, rows).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn one(a: &Args, redis: &RedisServer, backend: Backend, licenses: usize, rows: &mut Vec<Row>) -> Result<()> {
+    let clients = a.cycle_clients;
+    let dur = a.duration();
+    redis.flushall().await?;
+    let db = Database::create(backend, &a.urls()).await?;
+    let stack = Stack::connect(&redis.url, &db).await?;
+    let conn = redis.conn().await?;
+    let policy = Policy { limit: 1_000_000, ttl_s: 90, hb_s: 30 };
+    progress(format!("cycle: {} ledger, seeding {licenses} licenses", backend.name()));
+    let seed_pool = db.pool(2).await?;
+    let lics = Arc::new(raw::seed_licenses(&seed_pool, &conn, "bench-cy", licenses, policy).await?);
+    seed_pool.close().await;
+    let shas = Arc::new(Shas::load(&mut conn.clone()).await?);
+    let label = format!("{}, {} license{}", backend.name(), fmt_int(licenses), if licenses == 1 { "" } else { "s" });
+    let id = format!("cycle.{}.l{licenses}", backend.name());
+
+    // Baseline: the same three scripts, no ledger, no service code.
+    progress(format!("cycle: {label}: raw scripts baseline, {clients} clients, {:.1}s", dur.as_secs_f64()));
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut rc = conn.clone();
+    reset_stats(&mut rc).await?;
+    let cpu0 = Cpu::now(redis.pid);
+    let (c2, s2, l2, n2) = (conn.clone(), shas.clone(), lics.clone(), counter.clone());
+    let base = closed_loop(clients, warmup_for(dur), dur, move |c, k| {
+        let (mut conn, shas, lics) = (c2.clone(), s2.clone(), l2.clone());
+        let n = n2.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let (license, _) = &lics[pick(c, k, lics.len())];
+            let p = raw::prefix(license, "f");
+            let sid = format!("{:016x}{:016x}", 0xbe7c_u64, n);
+            let th = format!("{n:064x}");
+            let user = format!("user-{c:07}");
+            let e = |e: redis::RedisError| e.to_string();
+            raw::expect_tag(
+                &raw::raw_create(&mut conn, &shas, &p, &sid, &user, &th, "tok", policy).await.map_err(e)?,
+                "ok",
+            )?;
+            raw::expect_tag(&raw::raw_heartbeat(&mut conn, &shas, &p, &sid, &th).await.map_err(e)?, "ok")?;
+            raw::expect_tag(&raw::raw_end(&mut conn, &shas, &p, &sid, &th).await.map_err(e)?, "ended")?;
+            Ok(Kind::Ok)
+        }
+    })
+    .await;
+
+    // The service: license key to session to renewal to logout.
+    progress(format!("cycle: {label}: core service, {clients} clients, {:.1}s", dur.as_secs_f64()));
+    let (cpu1, base_us) = (Cpu::now(redis.pid), evalsha_usec(&mut rc).await?);
+    reset_stats(&mut rc).await?;
+    let before = stack.stats.snapshot();
+    let (svc, l2) = (stack.svc.clone(), lics.clone());
+    let mut run = closed_loop(clients, warmup_for(dur), dur, move |c, k| {
+        let (svc, lics) = (svc.clone(), l2.clone());
+        async move {
+            let (_, key) = &lics[pick(c, k, lics.len())];
+            let e = |e: seatkeeper_core::Error| format!("{e:?}");
+            let req = CreateSession {
+                user: Ident::parse("userId", &format!("user-{c:07}")).map_err(e)?,
+                feature: Ident::parse("feature", "f").map_err(e)?,
+                device: None,
+                idempotency_key: None,
+                metadata: None,
+                license: None,
+            };
+            let s = svc.create_session(key, req).await.map_err(e)?;
+            svc.heartbeat(&s.token).await.map_err(e)?;
+            let done = svc.cleanup(&s.token).await.map_err(e)?;
+            if !done.ended {
+                return Err(format!("cleanup did not end the session: {done:?}"));
+            }
+            Ok(Kind::Ok)
+        }
+    })
+    .await;
+    let ledger = stack.stats.snapshot().since(&before);
+    let (cpu2, svc_us) = (Cpu::now(redis.pid), evalsha_usec(&mut rc).await?);
+    let wall = (dur + warmup_for(dur)).as_secs_f64();
+    let pool = if backend == Backend::Sqlite {
+        crate::infra::ledger_pool_size().min(4)
+    } else {
+        crate::infra::ledger_pool_size()
+    };
+    for (what, r) in [("baseline", &base), ("service", &run)] {
+        if r.errors > 0 {
+            anyhow::bail!("cycle {label} {what}: {} errors, first: {:?}", r.errors, r.first_error);
+        }
+    }
+    let mut base = base;
+    let cycles_all = ledger.get("insert_session").0.max(1) as f64;
+    let share = ledger.total_nanos() as f64 / run.busy_nanos as f64;
+    let ledger_ms_per_cycle = ledger.total_nanos() as f64 / cycles_all / 1e6;
+    let per_call = |m: &str| {
+        let (calls, nanos, _) = ledger.get(m);
+        format!("{m} {:.2} ms", nanos as f64 / calls.max(1) as f64 / 1e6)
+    };
+    let breakdown = format!(
+        "per cycle: {}, {}, {}; {:.1} ledger calls per cycle",
+        per_call("license_by_key_hash"),
+        per_call("insert_session"),
+        per_call("end_sessions"),
+        ledger.total_calls() as f64 / cycles_all
+    );
+    let bname = "raw EVALSHA create+heartbeat+end, no ledger";
+    let mut tput = Row::new(
+        2,
+        format!("{id}.throughput"),
+        format!("cycles/s, {label}, {clients} clients"),
+        run.ok_per_sec(),
+        "/s",
+    )
+    .baseline(base.ok_per_sec(), bname);
+    if backend == Backend::Postgres {
+        tput = tput.target(">= 15,000/s", run.ok_per_sec() >= TARGET_CYCLES);
+    }
+    tput = tput.note(format!(
+        "Redis time per EVALSHA {svc_us:.1} us (baseline {base_us:.1} us); service {}; baseline {}",
+        cpu1.used_until(&cpu2),
+        cpu0.used_until(&cpu1)
+    ));
+    rows.push(tput);
+    rows.push(
+        Row::new(2, format!("{id}.p50"), format!("cycle p50, {label}"), run.lat.pct_ms(50.0), "ms")
+            .baseline(base.lat.pct_ms(50.0), bname),
+    );
+    rows.push(
+        Row::new(2, format!("{id}.p99"), format!("cycle p99, {label}"), run.lat.pct_ms(99.0), "ms")
+            .baseline(base.lat.pct_ms(99.0), bname),
+    );
+    rows.push(
+        Row::new(2, format!("{id}.ledger_ms"), format!("ledger time per cycle, {label}"), ledger_ms_per_cycle, "ms")
+            .baseline(base.lat.mean_ms(), "whole raw cycle (mean)")
+            .note(format!(
+                "ledger share of service cycle time: {:.0}%; {breakdown}; ledger calls in flight on average {:.1} for a pool of {pool} (above it: waiting for a connection)",
+                share * 100.0,
+                ledger.total_nanos() as f64 / 1e9 / wall
+            )),
+    );
+    progress(format!(
+        "cycle: {label}: {:.0}/s vs baseline {:.0}/s, ledger {:.0}% of cycle time",
+        run.ok_per_sec(),
+        base.ok_per_sec(),
+        share * 100.0
+    ));
+    stack.close().await;
+    drop(db);
+    Ok(())
+}
+
+/// The license a client uses for its `k`th cycle: spread over all of them.
+fn pick(client: usize, k: u64, n: usize) -> usize {
+    ((client as u64).wrapping_mul(7919).wrapping_add(k.wrapping_mul(104_729)) % n as u64) as usize
+}

@@ -30,7 +30,12 @@ if ARGV[6] ~= '' then
   end
 end
 
-local live = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES')
+-- Device takeover and the per-user cap need each live session's owner: only then is the slot's
+-- live set read whole. Otherwise a count and, at the limit, the oldest lease are enough.
+local live
+if device ~= '' or per_user > 0 then
+  live = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES')
+end
 
 -- Device takeover: a live session of the same user and device gives its seat to this one.
 local replaced, replaced_rec = false, nil
@@ -51,18 +56,24 @@ if per_user > 0 then
   end
 end
 
-local active = #live / 2
+local active
+if live then
+  active = #live / 2
+else
+  active = redis.call('ZCOUNT', leases, '(' .. s(now), '+inf')
+end
 if replaced then
   active = active - 1
 end
 
 local evicted = false
 if active >= limit then
-  -- The least recently renewed live session has the lowest expiry.
+  -- The least recently renewed live session has the lowest expiry (the one being replaced aside).
   local oldest, oldest_exp = false, false
-  for i = 1, #live, 2 do
-    if live[i] ~= replaced then
-      oldest, oldest_exp = live[i], tonumber(live[i + 1])
+  local first = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+  for i = 1, #first, 2 do
+    if first[i] ~= replaced then
+      oldest, oldest_exp = first[i], tonumber(first[i + 1])
       break
     end
   end

@@ -64,14 +64,17 @@ impl Service {
         license: Option<&Ident>,
     ) -> Result<(Vec<SessionRow>, Vec<Slot>)> {
         if let Some(l) = license {
-            let found = self.ledger.license(l).await?.ok_or_else(|| Error::NotFound(format!("license {l} not found")))?;
+            let found =
+                self.ledger.license(l).await?.ok_or_else(|| Error::NotFound(format!("license {l} not found")))?;
             if !found.features.contains_key(feature) {
                 return Err(Error::NotFound(format!("feature {feature} is not part of license {l}")));
             }
         }
         let rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
         if rows.is_empty() && license.is_none() {
-            return Err(Error::NotFound(format!("no sessions of user {user} for feature {feature} in the last 24 hours")));
+            return Err(Error::NotFound(format!(
+                "no sessions of user {user} for feature {feature} in the last 24 hours"
+            )));
         }
         let licenses: BTreeSet<&str> = match license {
             Some(l) => BTreeSet::from([l.as_str()]),

@@ -200,21 +200,21 @@ impl SqlLedger {
         vec!["?"; n].join(", ")
     }
 
-    async fn load_license(&self, row: Option<AnyRow>) -> Result<Option<License>> {
-        let Some(row) = row else { return Ok(None) };
-        let id: String = row.try_get("license_id").map_err(Error::ledger)?;
-        let rows = sqlx::query(self.sql(
-            "SELECT feature, max_sessions, max_sessions_per_user, on_limit, lease_ttl_seconds, \
-             heartbeat_interval_seconds, resurrect_window_seconds FROM license_features WHERE license_id = ?",
-        ))
-        .bind(&id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Error::ledger)?;
+    /// A license and its features in one round trip, by `license_id` or `key_hash`.
+    async fn license_where(&self, column: &str, value: &str) -> Result<Option<License>> {
+        let q = format!(
+            "SELECT l.license_id, l.created_at, l.updated_at, f.feature, f.max_sessions, f.max_sessions_per_user, \
+             f.on_limit, f.lease_ttl_seconds, f.heartbeat_interval_seconds, f.resurrect_window_seconds \
+             FROM licenses l LEFT JOIN license_features f ON f.license_id = l.license_id WHERE l.{column} = ?"
+        );
+        let rows = sqlx::query(self.sql(&q)).bind(value).fetch_all(&self.pool).await.map_err(Error::ledger)?;
+        let Some(first) = rows.first() else { return Ok(None) };
         let mut features = BTreeMap::new();
-        for r in rows {
+        for r in &rows {
+            let Some(feature) = r.try_get::<Option<String>, _>("feature").map_err(Error::ledger)? else {
+                continue; // a license with no features
+            };
             let int = |c: &str| -> Result<u32> { Ok(r.try_get::<i64, _>(c).map_err(Error::ledger)? as u32) };
-            let feature: String = r.try_get("feature").map_err(Error::ledger)?;
             let on_limit: String = r.try_get("on_limit").map_err(Error::ledger)?;
             let per_user: Option<i64> = r.try_get("max_sessions_per_user").map_err(Error::ledger)?;
             features.insert(
@@ -229,11 +229,12 @@ impl SqlLedger {
                 },
             );
         }
+        let id: String = first.try_get("license_id").map_err(Error::ledger)?;
         Ok(Some(License {
             id: Ident::parse("licenseId", &id)?,
             features,
-            created_at_ms: row.try_get("created_at").map_err(Error::ledger)?,
-            updated_at_ms: row.try_get("updated_at").map_err(Error::ledger)?,
+            created_at_ms: first.try_get("created_at").map_err(Error::ledger)?,
+            updated_at_ms: first.try_get("updated_at").map_err(Error::ledger)?,
         }))
     }
 
@@ -294,21 +295,23 @@ impl SqlLedger {
                 .await
                 .map_err(Error::ledger)?;
             if done.rows_affected() == 1 {
-                let row =
-                    sqlx::query(self.sql("SELECT license_id, feature, user_id FROM sessions WHERE session_id = ?"))
-                        .bind(&end.session_id)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(Error::ledger)?;
-                let (l, f, u): (String, String, String) = (
-                    row.try_get(0).map_err(Error::ledger)?,
-                    row.try_get(1).map_err(Error::ledger)?,
-                    row.try_get(2).map_err(Error::ledger)?,
-                );
-                self.insert_event(tx, (&l, &f), Some(&end.session_id), &u, end.reason.as_str(), end.ended_at_ms)
-                    .await?;
                 changed.push(end.session_id.clone());
             }
+        }
+        // One event per end this transaction made, in one statement: the rows carry the reason
+        // (their new status) and the time.
+        for ids in changed.chunks(500) {
+            let q = format!(
+                "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
+                 SELECT license_id, feature, session_id, user_id, status, ended_at FROM sessions \
+                 WHERE session_id IN ({})",
+                Self::placeholders(ids.len())
+            );
+            let mut insert = sqlx::query(self.sql(&q));
+            for id in ids {
+                insert = insert.bind(id);
+            }
+            insert.execute(&mut *tx).await.map_err(Error::ledger)?;
         }
         Ok(changed)
     }
@@ -412,21 +415,11 @@ impl Ledger for SqlLedger {
     }
 
     async fn license(&self, id: &Ident) -> Result<Option<License>> {
-        let row = sqlx::query(self.sql("SELECT license_id, created_at, updated_at FROM licenses WHERE license_id = ?"))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Error::ledger)?;
-        self.load_license(row).await
+        self.license_where("license_id", id.as_str()).await
     }
 
     async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>> {
-        let row = sqlx::query(self.sql("SELECT license_id, created_at, updated_at FROM licenses WHERE key_hash = ?"))
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Error::ledger)?;
-        self.load_license(row).await
+        self.license_where("key_hash", key_hash).await
     }
 
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()> {

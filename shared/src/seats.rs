@@ -10,6 +10,15 @@ use redis::{Script, Value};
 use crate::domain::{EndReason, FeaturePolicy, LimitScope, Slot};
 use crate::error::{Error, Result};
 
+/// The seat store keeps the first 16 bytes of a token's SHA-256 (the ledger keeps all 32): 128 bits
+/// are plenty to tell a token from a forgery, and the record of a live session stays small.
+fn store_hash(token_hash_hex: &str) -> Vec<u8> {
+    (0..32.min(token_hash_hex.len()))
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(token_hash_hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// How long an ended session's record stays in Redis: long enough for late heartbeats to learn the
 /// reason and for the sweep to copy an end the ledger missed into the ledger.
 pub const RECORD_RETENTION_MS: i64 = 3_600_000;
@@ -30,6 +39,7 @@ struct Scripts {
     due: Script,
     expire: Script,
     snapshot: Script,
+    record: Script,
 }
 
 #[derive(Clone)]
@@ -56,8 +66,8 @@ impl SlotKeys {
     pub fn cfg(&self) -> String {
         format!("{}cfg", self.prefix)
     }
-    pub fn session(&self, sid: &str) -> String {
-        format!("{}s:{sid}", self.prefix)
+    pub fn sessions(&self) -> String {
+        format!("{}sessions", self.prefix)
     }
     pub fn idempotency(&self, key: Option<&str>) -> String {
         format!("{}i:{}", self.prefix, key.unwrap_or(""))
@@ -170,6 +180,7 @@ impl SeatStore {
             due: script!("due.lua"),
             expire: script!("expire.lua"),
             snapshot: script!("snapshot.lua"),
+            record: script!("record.lua"),
         };
         Ok(SeatStore { conn, scripts: std::sync::Arc::new(scripts) })
     }
@@ -191,13 +202,13 @@ impl SeatStore {
         let mut inv = self.scripts.create.prepare_invoke();
         inv.key(k.leases())
             .key(k.cfg())
-            .key(k.session(seat.session_id))
+            .key(k.sessions())
             .key(k.idempotency(seat.idempotency_key))
             .arg(k.prefix())
             .arg(seat.session_id)
             .arg(seat.user)
             .arg(seat.device.unwrap_or(""))
-            .arg(seat.token_hash)
+            .arg(store_hash(seat.token_hash))
             .arg(seat.idempotency_key.unwrap_or(""))
             .arg(idem_value);
         policy_args(&mut inv, policy);
@@ -236,13 +247,7 @@ impl SeatStore {
     pub async fn heartbeat(&self, slot: &Slot, session_id: &str, token_hash: &str) -> Result<HeartbeatOutcome> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.heartbeat.prepare_invoke();
-        inv.key(k.leases())
-            .key(k.cfg())
-            .key(k.session(session_id))
-            .arg(k.prefix())
-            .arg(session_id)
-            .arg(token_hash)
-            .arg(RECORD_RETENTION_MS);
+        inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix()).arg(session_id).arg(store_hash(token_hash));
         let r = Reply(self.run(inv).await?);
         Ok(match r.tag()? {
             "ok" => HeartbeatOutcome::Renewed {
@@ -269,9 +274,10 @@ impl SeatStore {
         let mut inv = self.scripts.end.prepare_invoke();
         inv.key(k.leases())
             .key(k.cfg())
-            .key(k.session(session_id))
+            .key(k.sessions())
+            .arg(k.prefix())
             .arg(session_id)
-            .arg(token_hash.unwrap_or(""))
+            .arg(token_hash.map(store_hash).unwrap_or_default())
             .arg(reason.as_str())
             .arg(RECORD_RETENTION_MS);
         let r = Reply(self.run(inv).await?);
@@ -288,7 +294,7 @@ impl SeatStore {
     pub async fn release(&self, slot: &Slot, session_id: &str, idempotency_key: Option<&str>) -> Result<()> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(k.leases()).key(k.session(session_id)).key(k.idempotency(idempotency_key)).arg(session_id);
+        inv.key(k.leases()).key(k.sessions()).key(k.idempotency(idempotency_key)).arg(session_id);
         self.run_int(inv).await.map(drop)
     }
 
@@ -300,14 +306,13 @@ impl SeatStore {
         let mut restored = 0;
         for (i, chunk) in chunks.iter().enumerate() {
             let mut inv = self.scripts.rebuild.prepare_invoke();
-            inv.key(k.leases()).key(k.cfg()).arg(k.prefix()).arg(u8::from(i + 1 == chunks.len()));
+            inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix()).arg(u8::from(i + 1 == chunks.len()));
             policy_args(&mut inv, policy);
-            inv.arg(RECORD_RETENTION_MS);
             for s in chunk.iter() {
                 inv.arg(&s.session_id)
                     .arg(&s.user)
                     .arg(s.device.as_deref().unwrap_or(""))
-                    .arg(&s.token_hash)
+                    .arg(store_hash(&s.token_hash))
                     .arg(s.created_ms)
                     .arg(s.last_heartbeat_ms);
             }
@@ -328,7 +333,7 @@ impl SeatStore {
     pub async fn due(&self, slot: &Slot, batch: usize) -> Result<Vec<DueLease>> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.due.prepare_invoke();
-        inv.key(k.leases()).key(k.cfg()).arg(k.prefix()).arg(batch);
+        inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix()).arg(batch);
         let r = Reply(self.run(inv).await?);
         (0..r.0.len() / 3)
             .map(|i| {
@@ -345,7 +350,7 @@ impl SeatStore {
     pub async fn expire(&self, slot: &Slot, session_ids: &[String]) -> Result<u64> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.expire.prepare_invoke();
-        inv.key(k.leases()).key(k.cfg()).arg(k.prefix()).arg(RECORD_RETENTION_MS).arg(session_ids);
+        inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix()).arg(RECORD_RETENTION_MS).arg(session_ids);
         Ok(self.run_int(inv).await? as u64)
     }
 
@@ -353,7 +358,7 @@ impl SeatStore {
     pub async fn snapshot(&self, slot: &Slot) -> Result<SlotSnapshot> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.snapshot.prepare_invoke();
-        inv.key(k.leases()).key(k.cfg()).arg(k.prefix());
+        inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix());
         let r = Reply(self.run(inv).await?);
         let entries = (2..r.0.len())
             .step_by(5)
@@ -380,18 +385,21 @@ impl SeatStore {
         Ok((cfg, leases))
     }
 
-    /// A session's record: its end reason (`None` while active), end time and last heartbeat.
+    /// A session's record: its end reason (`None` while it holds a lease entry), end time and
+    /// last heartbeat.
     pub async fn record(&self, slot: &Slot, session_id: &str) -> Result<Option<RecordState>> {
-        let mut conn = self.conn.clone();
-        let (st, x, h): (Option<String>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
-            .arg(SlotKeys::new(slot).session(session_id))
-            .arg("st")
-            .arg("x")
-            .arg("h")
-            .query_async(&mut conn)
-            .await
-            .map_err(Error::seat_store)?;
-        Ok(st.map(|st| RecordState { reason: EndReason::parse(&st), ended_ms: x, last_heartbeat_ms: h }))
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.record.prepare_invoke();
+        inv.key(k.cfg()).key(k.sessions()).arg(k.prefix()).arg(session_id);
+        let r = Reply(self.run(inv).await?);
+        if r.0.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(RecordState {
+            reason: EndReason::parse(&r.str(0)?),
+            ended_ms: r.opt_int(1)?,
+            last_heartbeat_ms: r.opt_int(2)?,
+        }))
     }
 
     /// Removes a lease the ledger does not explain (an orphan seat) and its record.

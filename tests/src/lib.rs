@@ -401,6 +401,70 @@ impl TestApp {
         self.redis.conn().await
     }
 
+    /// The Redis key of a slot: `sk:{license/feature}:<suffix>`.
+    pub fn seat_key(license: &str, feature: &str, suffix: &str) -> String {
+        format!("sk:{{{license}/{feature}}}:{suffix}")
+    }
+
+    /// A live session's record in the seat store, read by hand: (user, device, created ms, last
+    /// heartbeat ms). `None` when the slot's `sessions` hash has no such session.
+    pub async fn seat_record(&self, license: &str, feature: &str, sid: &str) -> Option<(String, String, i64, i64)> {
+        const READ: &str = "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
+            if not v then return {} end \
+            local r = cmsgpack.unpack(v) \
+            return {r[1], r[2], string.format('%d', r[4]), string.format('%d', r[5])}";
+        let mut c = self.redis_conn().await;
+        let r: Vec<String> = redis::cmd("EVAL")
+            .arg(READ)
+            .arg(1)
+            .arg(Self::seat_key(license, feature, "sessions"))
+            .arg(sid)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        match r.as_slice() {
+            [u, d, c, h] => Some((u.clone(), d.clone(), c.parse().unwrap(), h.parse().unwrap())),
+            _ => None,
+        }
+    }
+
+    /// Moves a live session's creation time back by `ms`, by hand (to age a seat past a grace).
+    pub async fn age_seat(&self, license: &str, feature: &str, sid: &str, ms: i64) {
+        const AGE: &str = "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
+            if not v then return 0 end \
+            local r = cmsgpack.unpack(v) \
+            r[4] = r[4] - tonumber(ARGV[2]) \
+            redis.call('HSET', KEYS[1], ARGV[1], cmsgpack.pack(r)) \
+            return 1";
+        let mut c = self.redis_conn().await;
+        let done: i64 = redis::cmd("EVAL")
+            .arg(AGE)
+            .arg(1)
+            .arg(Self::seat_key(license, feature, "sessions"))
+            .arg(sid)
+            .arg(ms)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(done, 1, "session {sid} has a record to age");
+    }
+
+    /// Removes a session's lease and record from the seat store by hand, as a lost write would.
+    pub async fn drop_seat(&self, license: &str, feature: &str, sid: &str) {
+        let mut c = self.redis_conn().await;
+        let (lease, record): (i64, i64) = redis::pipe()
+            .cmd("ZREM")
+            .arg(Self::seat_key(license, feature, "leases"))
+            .arg(sid)
+            .cmd("HDEL")
+            .arg(Self::seat_key(license, feature, "sessions"))
+            .arg(sid)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!((lease, record), (1, 1), "session {sid} had a lease and a record");
+    }
+
     /// Leases of a slot that are live by the Redis server's clock.
     pub async fn live_leases(&self, license: &str, feature: &str) -> u64 {
         let mut c = self.redis_conn().await;

@@ -826,9 +826,8 @@ async fn live_per_user(app: &TestApp, license: &str) -> HashMap<String, u64> {
         .unwrap();
     let mut out = HashMap::new();
     for id in ids {
-        let user: Option<String> =
-            redis::cmd("HGET").arg(format!("sk:{{{license}/f}}:s:{id}")).arg("u").query_async(&mut c).await.unwrap();
-        *out.entry(user.expect("a live lease has its record")).or_default() += 1;
+        let (user, ..) = app.seat_record(license, "f", &id).await.expect("a live lease has its record");
+        *out.entry(user).or_default() += 1;
     }
     out
 }

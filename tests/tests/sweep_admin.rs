@@ -82,15 +82,22 @@ async fn count(pool: &sqlx::AnyPool, sql: String) -> i64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-/// A field of a session's record in Redis.
+/// A field of a session's record in Redis: "u", "d", "c", "h", or "e" (its lease expiry).
 async fn record_field(app: &TestApp, license: &str, feature: &str, session: &str, field: &str) -> Option<String> {
-    let mut c = app.redis_conn().await;
-    redis::cmd("HGET")
-        .arg(rkey(license, feature, &format!("s:{session}")))
-        .arg(field)
-        .query_async(&mut c)
-        .await
-        .unwrap()
+    if field == "e" {
+        let mut c = app.redis_conn().await;
+        let score: Option<f64> =
+            redis::cmd("ZSCORE").arg(rkey(license, feature, "leases")).arg(session).query_async(&mut c).await.unwrap();
+        return score.map(|e| (e as i64).to_string());
+    }
+    let (u, d, c, h) = app.seat_record(license, feature, session).await?;
+    Some(match field {
+        "u" => u,
+        "d" => d,
+        "c" => c.to_string(),
+        "h" => h.to_string(),
+        other => panic!("no record field {other}"),
+    })
 }
 
 /// Whether a session holds a lease (live or due) in its slot.
@@ -105,26 +112,12 @@ async fn has_lease(app: &TestApp, license: &str, feature: &str, session: &str) -
 /// past the 30 s grace a create in flight gets.
 async fn orphan_seat(app: &TestApp, pool: &sqlx::AnyPool, license: &str, feature: &str, session: &str) {
     assert_eq!(exec(pool, format!("DELETE FROM sessions WHERE session_id = '{session}'")).await, 1);
-    let c: i64 = record_field(app, license, feature, session, "c").await.expect("record has c").parse().unwrap();
-    let mut conn = app.redis_conn().await;
-    let _: i64 = redis::cmd("HSET")
-        .arg(rkey(license, feature, &format!("s:{session}")))
-        .arg("c")
-        .arg(c - 60_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.age_seat(license, feature, session, 60_000).await;
 }
 
 /// Makes an active ledger row with no seat: removes the session's lease and record from Redis.
 async fn orphan_row(app: &TestApp, license: &str, feature: &str, session: &str) {
-    let mut c = app.redis_conn().await;
-    let removed: i64 =
-        redis::cmd("ZREM").arg(rkey(license, feature, "leases")).arg(session).query_async(&mut c).await.unwrap();
-    assert_eq!(removed, 1);
-    let deleted: i64 =
-        redis::cmd("DEL").arg(rkey(license, feature, &format!("s:{session}"))).query_async(&mut c).await.unwrap();
-    assert_eq!(deleted, 1);
+    app.drop_seat(license, feature, session).await;
 }
 
 async fn debug_view(app: &TestApp, user: &str, feature: &str) -> Value {
@@ -671,14 +664,15 @@ async fn sweep_cost_follows_what_is_due(b: Backend) {
     assert_eq!(app.all_leases(&license, "due").await, 0);
     assert_eq!(app.live_leases(&license, "live").await, LIVE as u64, "live sessions untouched");
     // What the scheduled sweep reads follows the 20 due leases, not the 2,000 live ones:
-    // - due.lua reads one record field (HGET h) per due lease and expire.lua one (HGET st) per lease
-    //   it expires, plus one HGET of each slot's cfg per script: about 2 x 20 + 3, never ~2,000;
+    // - due.lua reads one record (HGET of the slot's sessions hash) per due lease and expire.lua one
+    //   per lease it expires, plus one HGET of each slot's cfg per script: about 2 x 20 + 3, never
+    //   ~2,000;
     // - the live slot's lease count equals its ledger count, so it is never read member by member:
-    //   no ZRANGE of the whole slot and no HMGET of each record (snapshot.lua's pattern);
+    //   no ZRANGE of the whole slot (snapshot.lua's pattern, one record read per lease);
     // - in all, a few commands per due lease, far below one per live session.
-    assert!(n("hget") <= 3 * DUE as u64 + 10, "HGETs follow the due count: {calls:?}");
+    assert!(n("hget") <= 3 * DUE as u64 + 10, "record reads follow the due count: {calls:?}");
     assert_eq!(n("zrange"), 0, "no full read of a slot: {calls:?}");
-    assert_eq!(n("hmget") + n("hgetall"), 0, "no record read per live session: {calls:?}");
+    assert_eq!(n("hgetall") + n("hvals"), 0, "no read of a whole sessions hash: {calls:?}");
     let total: u64 =
         calls.iter().filter(|(k, _)| k.as_str() != "info" && k.as_str() != "config|resetstat").map(|(_, v)| v).sum();
     assert!(total < 10 * DUE as u64 + 50, "{total} commands for {DUE} due leases beside {LIVE} live: {calls:?}");
@@ -688,7 +682,7 @@ async fn sweep_cost_follows_what_is_due(b: Backend) {
     let full = sweep(&app, true).await;
     assert_eq!(full.expired + full.orphans_removed() + full.repaired, 0, "{full:?}");
     let calls = command_calls(&app).await;
-    assert!(calls.get("hmget").copied().unwrap_or(0) >= LIVE as u64, "a full pass reads each record: {calls:?}");
+    assert!(calls.get("hget").copied().unwrap_or(0) >= LIVE as u64, "a full pass reads each record: {calls:?}");
 }
 
 // ---- 12. seeds of the original design ----

@@ -1,11 +1,11 @@
 -- Admits a session if a seat is free, atomically.
--- KEYS: leases, cfg, record of the new session, idempotency key (a placeholder when none)
+-- KEYS: leases, cfg, sessions, idempotency key (a placeholder when none)
 -- ARGV: prefix, sid, user, device ('' none), token hash, idempotency key ('' none), idempotency value,
 --       limit, per_user (0 none), ttl ms, heartbeat s, resurrect window ms, on_limit, retention ms
-local leases, cfg, rec, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local leases, cfg, idem = KEYS[1], KEYS[2], KEYS[4]
 local prefix, sid, user, device = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local limit, per_user = tonumber(ARGV[8]), tonumber(ARGV[9])
-local ttl, res, retention = tonumber(ARGV[10]), tonumber(ARGV[12]), tonumber(ARGV[14])
+local ttl, retention = tonumber(ARGV[10]), tonumber(ARGV[14])
 
 if redis.call('EXISTS', cfg) == 0 then
   return {'rebuild'}
@@ -20,21 +20,30 @@ if ARGV[6] ~= '' then
     if puser ~= user then
       return {'idem_conflict'}
     end
-    local r = redis.call('HMGET', prefix .. 's:' .. psid, 'c', 'e', 'd')
+    local r, over = find_session(prefix, cfg, psid, '')
     local active = redis.call('ZCOUNT', leases, '(' .. s(now), '+inf')
-    return {'replay', psid, ptoken, tonumber(r[1]) or now, tonumber(r[2]) or now, r[3] or '', active}
+    if not r then
+      return {'replay', psid, ptoken, now, now, '', active}
+    end
+    local expiry = over and r[EXPIRY] or tonumber(redis.call('ZSCORE', leases, psid) or now)
+    return {'replay', psid, ptoken, r[C], expiry, r[D], active}
   end
 end
 
-local live = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES')
+-- Device takeover and the per-user cap need each live session's owner: only then is the slot's
+-- live set read whole. Otherwise a count and, at the limit, the oldest lease are enough.
+local live
+if device ~= '' or per_user > 0 then
+  live = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES')
+end
 
 -- Device takeover: a live session of the same user and device gives its seat to this one.
-local replaced = false
+local replaced, replaced_rec = false, nil
 if device ~= '' then
   for i = 1, #live, 2 do
-    local r = redis.call('HMGET', prefix .. 's:' .. live[i], 'u', 'd')
-    if r[1] == user and r[2] == device then
-      replaced = live[i]
+    local r = get_live(prefix, live[i])
+    if r and r[U] == user and r[D] == device then
+      replaced, replaced_rec = live[i], r
       break
     end
   end
@@ -47,24 +56,30 @@ if per_user > 0 then
   end
 end
 
-local active = #live / 2
+local active
+if live then
+  active = #live / 2
+else
+  active = redis.call('ZCOUNT', leases, '(' .. s(now), '+inf')
+end
 if replaced then
   active = active - 1
 end
 
 local evicted = false
 if active >= limit then
-  -- The least recently renewed live session has the lowest expiry.
+  -- The least recently renewed live session has the lowest expiry (the one being replaced aside).
   local oldest, oldest_exp = false, false
-  for i = 1, #live, 2 do
-    if live[i] ~= replaced then
-      oldest, oldest_exp = live[i], tonumber(live[i + 1])
+  local first = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+  for i = 1, #first, 2 do
+    if first[i] ~= replaced then
+      oldest, oldest_exp = first[i], tonumber(first[i + 1])
       break
     end
   end
   -- Evict only when that makes room: lowering a limit never cuts sessions to below it.
   if ARGV[13] == 'evict_idle' and oldest and active == limit then
-    end_session(leases, prefix .. 's:' .. oldest, oldest, 'evicted', now, retention)
+    end_session(prefix, oldest, get_live(prefix, oldest), 'evicted', now, oldest_exp, retention)
     evicted = oldest
     active = active - 1
   else
@@ -77,12 +92,11 @@ if active >= limit then
 end
 
 if replaced then
-  end_session(leases, prefix .. 's:' .. replaced, replaced, 'replaced', now, retention)
+  end_session(prefix, replaced, replaced_rec, 'replaced', now, tonumber(redis.call('ZSCORE', leases, replaced)), retention)
 end
 
 local exp = now + ttl
-redis.call('HSET', rec, 'u', user, 'd', device, 'th', ARGV[5], 'c', s(now), 'h', s(now), 'e', s(exp), 'st', 'a')
-redis.call('PEXPIREAT', rec, s(exp + res + retention))
+put_live(prefix, sid, {user, device, ARGV[5], now, now})
 redis.call('ZADD', leases, s(exp), sid)
 if ARGV[6] ~= '' then
   redis.call('SET', idem, ARGV[7], 'PX', ARGV[10])

@@ -1,17 +1,17 @@
 -- Marks due leases expired once the ledger has recorded them; a lease renewed meanwhile is kept.
 -- Idempotent: a second sweep (or a concurrent one) finds nothing left to do.
--- KEYS: leases, cfg. ARGV: prefix, retention ms, then session ids.
+-- KEYS: leases, cfg, sessions. ARGV: prefix, retention ms, then session ids.
 local res = tonumber(redis.call('HGET', KEYS[2], 'res') or '0')
 local now = now_ms()
 local n = 0
 for i = 3, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if score and tonumber(score) <= now - res then
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    local rec = ARGV[1] .. 's:' .. ARGV[i]
-    if redis.call('HGET', rec, 'st') == 'a' then
-      redis.call('HSET', rec, 'st', 'expired', 'x', score)
-      redis.call('PEXPIREAT', rec, s(now + tonumber(ARGV[2])))
+    local r = get_live(ARGV[1], ARGV[i])
+    if r then
+      end_session(ARGV[1], ARGV[i], r, 'expired', tonumber(score), tonumber(score), tonumber(ARGV[2]))
+    else
+      redis.call('ZREM', KEYS[1], ARGV[i])
     end
     n = n + 1
   end

@@ -68,7 +68,7 @@ pub async fn raw_create(
     prefix: &str,
     sid: &str,
     user: &str,
-    token_hash: &str,
+    token_hash: &[u8],
     token: &str,
     p: Policy,
 ) -> redis::RedisResult<Value> {
@@ -77,7 +77,7 @@ pub async fn raw_create(
         .arg(4)
         .arg(format!("{prefix}leases"))
         .arg(format!("{prefix}cfg"))
-        .arg(format!("{prefix}s:{sid}"))
+        .arg(format!("{prefix}sessions"))
         .arg(format!("{prefix}i:"))
         .arg(prefix)
         .arg(sid)
@@ -103,18 +103,17 @@ pub async fn raw_heartbeat(
     shas: &Shas,
     prefix: &str,
     sid: &str,
-    token_hash: &str,
+    token_hash: &[u8],
 ) -> redis::RedisResult<Value> {
     redis::cmd("EVALSHA")
         .arg(&shas.heartbeat)
         .arg(3)
         .arg(format!("{prefix}leases"))
         .arg(format!("{prefix}cfg"))
-        .arg(format!("{prefix}s:{sid}"))
+        .arg(format!("{prefix}sessions"))
         .arg(prefix)
         .arg(sid)
         .arg(token_hash)
-        .arg(RECORD_RETENTION_MS)
         .query_async(conn)
         .await
 }
@@ -125,14 +124,15 @@ pub async fn raw_end(
     shas: &Shas,
     prefix: &str,
     sid: &str,
-    token_hash: &str,
+    token_hash: &[u8],
 ) -> redis::RedisResult<Value> {
     redis::cmd("EVALSHA")
         .arg(&shas.end)
         .arg(3)
         .arg(format!("{prefix}leases"))
         .arg(format!("{prefix}cfg"))
-        .arg(format!("{prefix}s:{sid}"))
+        .arg(format!("{prefix}sessions"))
+        .arg(prefix)
         .arg(sid)
         .arg(token_hash)
         .arg("ended")
@@ -224,42 +224,38 @@ pub struct SeedSession {
     pub expires: i64,
 }
 
-/// Writes sessions into Redis exactly as create.lua does (record hash with u, d, th, c, h, e, st='a'
-/// and its PEXPIREAT; a ZADD to the slot's leases), pipelined, `inflight` pipelines at a time.
-pub async fn seed_redis_sessions(redis: &MultiplexedConnection, sessions: &[SeedSession], res_ms: i64) -> Result<()> {
-    stream::iter(sessions.chunks(2000))
+/// Packs seeded sessions into the seat store the way create.lua does: the record in the slot's
+/// `sessions` hash (MessagePack, by Redis's own cmsgpack) and the lease in its sorted set.
+const SEED: &str = "for i = 1, #ARGV, 7 do \
+  redis.call('HSET', ARGV[i] .. 'sessions', ARGV[i + 1], \
+    cmsgpack.pack({ARGV[i + 2], '', ARGV[i + 3], tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])})) \
+  redis.call('ZADD', ARGV[i] .. 'leases', ARGV[i + 6], ARGV[i + 1]) \
+end \
+return 1";
+
+/// Writes sessions into Redis exactly as create.lua lays them out, 500 a script call, four calls in
+/// flight.
+pub async fn seed_redis_sessions(redis: &MultiplexedConnection, sessions: &[SeedSession]) -> Result<()> {
+    stream::iter(sessions.chunks(500))
         .map(|chunk| {
             let mut c = redis.clone();
             async move {
-                let mut pipe = redis::pipe();
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(SEED).arg(0);
                 for s in chunk {
-                    let p = prefix(&s.license, "f");
-                    let rec = format!("{p}s:{}", s.sid);
-                    pipe.cmd("HSET")
-                        .arg(&rec)
-                        .arg("u")
+                    cmd.arg(prefix(&s.license, "f"))
+                        .arg(&s.sid)
                         .arg(&s.user)
-                        .arg("d")
-                        .arg("")
-                        .arg("th")
-                        .arg(&s.token_hash)
-                        .arg("c")
+                        .arg(seatkeeper_core::seats::store_hash(&s.token_hash))
                         .arg(s.created)
-                        .arg("h")
                         .arg(s.heartbeat)
-                        .arg("e")
-                        .arg(s.expires)
-                        .arg("st")
-                        .arg("a")
-                        .ignore();
-                    pipe.cmd("PEXPIREAT").arg(&rec).arg(s.expires + res_ms + RECORD_RETENTION_MS).ignore();
-                    pipe.cmd("ZADD").arg(format!("{p}leases")).arg(s.expires).arg(&s.sid).ignore();
+                        .arg(s.expires);
                 }
-                pipe.query_async::<()>(&mut c).await
+                cmd.query_async::<i64>(&mut c).await
             }
         })
         .buffer_unordered(4)
-        .try_collect::<Vec<()>>()
+        .try_collect::<Vec<i64>>()
         .await?;
     Ok(())
 }

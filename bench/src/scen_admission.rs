@@ -78,7 +78,8 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
             let th = format!("{n:064x}");
             let user = format!("user-{c:07}");
             let e = |e: redis::RedisError| e.to_string();
-            let v = raw::raw_create(&mut conn, &shas, &p, &sid, &user, &th, "tok", policy).await.map_err(e)?;
+            let v =
+                raw::raw_create(&mut conn, &shas, &p, &sid, &user, th.as_bytes(), "tok", policy).await.map_err(e)?;
             match raw::tag(&v).as_str() {
                 "ok" => {
                     if let redis::Value::Array(items) = &v {
@@ -86,8 +87,14 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
                             m.fetch_max(*active as u64, Ordering::Relaxed);
                         }
                     }
-                    raw::expect_tag(&raw::raw_heartbeat(&mut conn, &shas, &p, &sid, &th).await.map_err(e)?, "ok")?;
-                    raw::expect_tag(&raw::raw_end(&mut conn, &shas, &p, &sid, &th).await.map_err(e)?, "ended")?;
+                    raw::expect_tag(
+                        &raw::raw_heartbeat(&mut conn, &shas, &p, &sid, th.as_bytes()).await.map_err(e)?,
+                        "ok",
+                    )?;
+                    raw::expect_tag(
+                        &raw::raw_end(&mut conn, &shas, &p, &sid, th.as_bytes()).await.map_err(e)?,
+                        "ended",
+                    )?;
                     Ok(Kind::Ok)
                 }
                 "limit" => Ok(Kind::Refused),
@@ -241,7 +248,7 @@ async fn create_cost(redis: &RedisServer, shas: &Shas, seats: usize, rows: &mut 
                     expires: now + 600_000,
                 })
                 .collect();
-            raw::seed_redis_sessions(&conn, &sessions, 0).await?;
+            raw::seed_redis_sessions(&conn, &sessions).await?;
             let mut c = conn.clone();
             reset_stats(&mut c).await?;
             let policy = Policy { limit: n as u32, ttl_s: 90, hb_s: 30 };
@@ -252,7 +259,7 @@ async fn create_cost(redis: &RedisServer, shas: &Shas, seats: usize, rows: &mut 
                     &p,
                     &format!("{:032x}", u128::MAX - u128::from(k)),
                     "user-x",
-                    "th",
+                    b"th",
                     "tok",
                     policy,
                 )

@@ -21,7 +21,7 @@ use crate::Args;
 pub struct Seated {
     pub tokens: Vec<String>,
     /// Per session: (key prefix, session id, token hash), what the raw baseline sends.
-    pub raw: Vec<(String, String, String)>,
+    pub raw: Vec<(String, String, Vec<u8>)>,
 }
 
 /// A license `license` with one feature `f` of `seats` seats and a lease long enough to outlast the
@@ -56,7 +56,11 @@ pub async fn seat_sessions(svc: &Service, license: &str, key: &str, seats: usize
         .iter()
         .map(|t| {
             let claims = token::parse_session_token(t).expect("the service's own token parses");
-            (SlotKeys::new(&claims.slot).prefix().to_owned(), claims.session_id, token::hash_secret(t))
+            (
+                SlotKeys::new(&claims.slot).prefix().to_owned(),
+                claims.session_id,
+                seatkeeper_core::seats::store_hash(&token::hash_secret(t)),
+            )
         })
         .collect();
     Ok(Seated { tokens, raw })

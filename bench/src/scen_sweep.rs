@@ -91,7 +91,7 @@ fn sessions(names: &[String], k0: usize, per: usize, due_every: usize, now: i64)
 async fn seed(redis: &RedisServer, db: &Database, what: &str, s: &[SeedSession]) -> Result<()> {
     let conn = redis.conn().await?;
     progress(format!("sweep: seeding {} sessions ({what}) into Redis", fmt_num(s.len() as f64)));
-    raw::seed_redis_sessions(&conn, s, 0).await?;
+    raw::seed_redis_sessions(&conn, s).await?;
     progress(format!("sweep: seeding {} sessions ({what}) into the ledger", fmt_num(s.len() as f64)));
     let pool = db.pool(3).await?;
     let total = s.len();
@@ -182,7 +182,7 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
     let mut rc = redis.conn().await?;
     let mem_before = info_field(&mut rc, "memory", "used_memory").await?;
     progress(format!("sweep: seeding {} sessions (B) into Redis", fmt_num(b_count as f64)));
-    raw::seed_redis_sessions(&conn, &b_sessions, 0).await?;
+    raw::seed_redis_sessions(&conn, &b_sessions).await?;
     let mem_after = info_field(&mut rc, "memory", "used_memory").await?;
     let per_session = (mem_after - mem_before) / b_count as f64;
     progress(format!("sweep: seeding {} sessions (B) into the ledger", fmt_num(b_count as f64)));
@@ -312,7 +312,7 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
             .baseline(bare, "a bare sorted-set member (Redis-only semaphore state)")
             .target("< 200 B", per_session < 200.0)
             .note(format!(
-                "used_memory grew {} bytes over {} seeded sessions; session hash with u,d(empty),th,c,h,e,st + expiry + lease entry{zset_note}",
+                "used_memory grew {} bytes over {} seeded sessions; a field of the slot's sessions hash (msgpack user, device, 16-byte token hash, created, heartbeat) + a lease entry{zset_note}",
                 fmt_num(mem_after - mem_before),
                 fmt_num(b_count as f64)
             )),

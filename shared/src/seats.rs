@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 /// The seat store keeps the first 16 bytes of a token's SHA-256 (the ledger keeps all 32): 128 bits
 /// are plenty to tell a token from a forgery, and the record of a live session stays small.
-fn store_hash(token_hash_hex: &str) -> Vec<u8> {
+pub fn store_hash(token_hash_hex: &str) -> Vec<u8> {
     (0..32.min(token_hash_hex.len()))
         .step_by(2)
         .filter_map(|i| u8::from_str_radix(token_hash_hex.get(i..i + 2)?, 16).ok())

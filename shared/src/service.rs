@@ -201,10 +201,16 @@ impl Service {
                 Ok(Session { created_ms, expires_ms, active, device, ..base(true, token, session_id) })
             }
             CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
-                let now = crate::domain::now_ms();
-                if let Err(e) = self.ledger.record_limit_rejection(&slot, &req.user, now).await {
-                    tracing::warn!(error = %e, "could not record a refused create in the ledger");
-                }
+                // The refusal is a statistic, not a state change: the client hears 409 without
+                // waiting for its commit (a retry storm must not become a commit storm). Under
+                // Lambda the write finishes when the instance next runs; one lost on shutdown
+                // only undercounts limitRejections.
+                let (ledger, user, now) = (self.ledger.clone(), req.user.clone(), crate::domain::now_ms());
+                tokio::spawn(async move {
+                    if let Err(e) = ledger.record_limit_rejection(&slot, &user, now).await {
+                        tracing::warn!(error = %e, "could not record a refused create in the ledger");
+                    }
+                });
                 Err(Error::SeatLimitReached {
                     scope,
                     limit,

@@ -12,7 +12,9 @@ if [ -f scripts/services.sh ]; then
   ensure_redis
   ensure_postgres
 fi
-command -v wrk >/dev/null || (apt-get install -y wrk >/dev/null 2>&1 || true)
+if ! command -v wrk >/dev/null; then
+  if [ -f scripts/services.sh ]; then _sk_apt_install wrk || true; fi
+fi
 cargo build --release --locked -p seatkeeper-bench -p seatkeeper-functions
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

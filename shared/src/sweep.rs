@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
 use crate::domain::{EndReason, Ident, Slot};
@@ -19,6 +20,8 @@ use crate::service::Service;
 
 /// Due leases handled per round trip.
 const BATCH: usize = 500;
+/// Slots swept at once.
+const SLOTS_AT_ONCE: usize = 4;
 /// A seat younger than this may still be waiting for its ledger row (a create in flight).
 const ORPHAN_GRACE_MS: i64 = 30_000;
 
@@ -53,6 +56,17 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
+    fn add(mut self, other: &SweepReport) -> SweepReport {
+        self.slots += other.slots;
+        self.expired += other.expired;
+        self.orphan_seats += other.orphan_seats;
+        self.orphan_rows += other.orphan_rows;
+        self.repaired += other.repaired;
+        self.heartbeats_written += other.heartbeats_written;
+        self.failed_slots += other.failed_slots;
+        self
+    }
+
     pub fn orphans_removed(&self) -> u64 {
         self.orphan_seats + self.orphan_rows
     }
@@ -89,20 +103,40 @@ impl Service {
     /// Runs one sweep over the slots in `scope`. A slot whose store fails is counted and skipped.
     pub async fn sweep(&self, scope: &SweepScope) -> Result<SweepReport> {
         let started = Instant::now();
-        let mut report = SweepReport::default();
         let slots = self.ledger.slots().await?;
-        for slot in slots.iter().filter(|s| {
-            scope.license.as_ref().is_none_or(|l| *l == s.license)
-                && scope.feature.as_ref().is_none_or(|f| *f == s.feature)
-        }) {
-            report.slots += 1;
-            if let Err(e) = self.sweep_slot(slot, scope, &mut report).await {
-                report.failed_slots += 1;
-                tracing::warn!(license = %slot.license, feature = %slot.feature, error = %e, "slot not swept");
+        let mut in_scope = slots
+            .iter()
+            .filter(|s| {
+                scope.license.as_ref().is_none_or(|l| *l == s.license)
+                    && scope.feature.as_ref().is_none_or(|f| *f == s.feature)
+            })
+            .collect::<Vec<_>>()
+            .into_iter();
+        // The work is a chain of round trips per slot: a few slots at a time keep both stores
+        // busy without taking more ledger connections than the pool can spare.
+        let mut running = FuturesUnordered::new();
+        for slot in in_scope.by_ref().take(SLOTS_AT_ONCE) {
+            running.push(self.sweep_one(slot, scope));
+        }
+        let mut report = SweepReport::default();
+        while let Some(done) = running.next().await {
+            report = report.add(&done);
+            if let Some(slot) = in_scope.next() {
+                running.push(self.sweep_one(slot, scope));
             }
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// One slot's sweep, its failure counted rather than raised.
+    async fn sweep_one(&self, slot: &Slot, scope: &SweepScope) -> SweepReport {
+        let mut r = SweepReport { slots: 1, ..Default::default() };
+        if let Err(e) = self.sweep_slot(slot, scope, &mut r).await {
+            r.failed_slots += 1;
+            tracing::warn!(license = %slot.license, feature = %slot.feature, error = %e, "slot not swept");
+        }
+        r
     }
 
     async fn sweep_slot(&self, slot: &Slot, scope: &SweepScope, report: &mut SweepReport) -> Result<()> {

@@ -125,7 +125,7 @@ pub struct Args {
     pub function_bin: Option<PathBuf>,
 
     /// EXPERIMENT, PostgreSQL only: the ledger records session ends with one batched statement
-    /// (the fix proposed in docs/BENCHMARKS.md) instead of the service's three per session. The
+    /// (the fix proposed in docs/BENCHMARKS.md) instead of the service's UPDATE per session (and one event INSERT per batch). The
     /// figures are then not the shipped service's; the JSON says `"experiment"`.
     #[arg(long)]
     pub experiment_batched_ends: bool,

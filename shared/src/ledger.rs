@@ -298,20 +298,34 @@ impl SqlLedger {
                 changed.push(end.session_id.clone());
             }
         }
-        // One event per end this transaction made, in one statement: the rows carry the reason
-        // (their new status) and the time.
+        // One event per end this transaction made. The rows carry slot, user, reason (their new
+        // status) and time: read them with a plain SELECT (no locks taken: under MySQL's
+        // REPEATABLE READ an INSERT ... SELECT would lock every row it reads, and two sweeps at
+        // once would deadlock), then write the events in one multi-row INSERT.
         for ids in changed.chunks(500) {
             let q = format!(
-                "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
-                 SELECT license_id, feature, session_id, user_id, status, ended_at FROM sessions \
-                 WHERE session_id IN ({})",
+                "SELECT license_id, feature, session_id, user_id, status, ended_at FROM sessions WHERE session_id IN ({})",
                 Self::placeholders(ids.len())
             );
-            let mut insert = sqlx::query(self.sql(&q));
+            let mut select = sqlx::query(self.sql(&q));
             for id in ids {
-                insert = insert.bind(id);
+                select = select.bind(id);
             }
-            insert.execute(&mut *tx).await.map_err(Error::ledger)?;
+            let rows = select.fetch_all(&mut *tx).await.map_err(Error::ledger)?;
+            let q = format!(
+                "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) VALUES {}",
+                vec![format!("({})", Self::placeholders(6)); rows.len()].join(", ")
+            );
+            let mut insert = sqlx::query(self.sql(&q));
+            for r in &rows {
+                for col in 0..5 {
+                    insert = insert.bind(r.try_get::<String, _>(col).map_err(Error::ledger)?);
+                }
+                insert = insert.bind(r.try_get::<i64, _>(5).map_err(Error::ledger)?);
+            }
+            if !rows.is_empty() {
+                insert.execute(&mut *tx).await.map_err(Error::ledger)?;
+            }
         }
         Ok(changed)
     }

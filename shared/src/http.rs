@@ -311,16 +311,19 @@ pub async fn handle(svc: &Service, op: Op, req: Request) -> Response<Body> {
     let span = tracing::info_span!("request", route = route.operation_id, license = tracing::field::Empty);
     let started = Instant::now();
     let resp = async {
-        if req.method() != route.method {
+        // A wrong method is answered and logged like any other outcome.
+        let resp = if req.method() != route.method {
             let mut err = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{} is not allowed here; use {}", req.method(), route.method),
             );
             err.allow = Some(route.method.to_string());
-            return err.into_response();
-        }
-        let resp = match run(svc, op, route, req).await {
+            Err(err)
+        } else {
+            run(svc, op, route, req).await
+        };
+        let resp = match resp {
             Ok(resp) => resp,
             Err(err) => err.into_response(),
         };

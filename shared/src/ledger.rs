@@ -175,6 +175,16 @@ impl SqlLedger {
         migrator.run(&self.pool).await.map_err(Error::ledger)
     }
 
+    /// A transaction that will write. SQLite takes its write lock up front (BEGIN IMMEDIATE): a
+    /// deferred transaction that reads first cannot upgrade to a writer while another connection
+    /// writes, and fails at once with "database is locked" instead of waiting its busy timeout.
+    async fn begin_write(&self) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            _ => self.pool.begin().await,
+        }
+    }
+
     /// Portable SQL uses `?` placeholders; PostgreSQL wants `$1, $2, ...`.
     fn sql(&self, q: &str) -> AssertSqlSafe<String> {
         AssertSqlSafe(if self.dialect == Dialect::Postgres {
@@ -366,7 +376,7 @@ impl Ledger for SqlLedger {
         features: &BTreeMap<Ident, FeaturePolicy>,
         now_ms: i64,
     ) -> Result<PutLicense> {
-        let mut tx = self.pool.begin().await.map_err(Error::ledger)?;
+        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
         let exists = sqlx::query(self.sql("SELECT created_at FROM licenses WHERE license_id = ?"))
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
@@ -437,7 +447,7 @@ impl Ledger for SqlLedger {
     }
 
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(Error::ledger)?;
+        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
         self.end_in(&mut tx, ends).await?;
         sqlx::query(self.sql(&format!(
             "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
@@ -476,7 +486,7 @@ impl Ledger for SqlLedger {
         if ends.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.map_err(Error::ledger)?;
+        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
         let changed = self.end_in(&mut tx, ends).await?;
         tx.commit().await.map_err(Error::ledger)?;
         Ok(changed)
@@ -544,7 +554,7 @@ impl Ledger for SqlLedger {
         if beats.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await.map_err(Error::ledger)?;
+        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
         let mut n = 0;
         for (sid, hb, exp) in beats {
             n += sqlx::query(self.sql(

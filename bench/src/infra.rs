@@ -284,6 +284,7 @@ pub fn config(redis_url: &str, ledger_url: &str, ledger_pool_size: u32) -> Confi
         defaults: PolicyDefaults { lease_ttl_seconds: 90, heartbeat_interval_seconds: 30 },
         sweep_interval: Duration::from_secs(900),
         ledger_pool_size,
+        ..Config::from_lookup(|_| None).expect("default configuration")
     }
 }
 

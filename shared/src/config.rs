@@ -18,6 +18,9 @@ pub struct Config {
     pub defaults: PolicyDefaults,
     pub sweep_interval: Duration,
     pub ledger_pool_size: u32,
+    /// Origins allowed to call from a browser (`SEATKEEPER_CORS_ORIGINS`, comma-separated; may
+    /// list `chrome-extension://<id>`). Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -45,6 +48,11 @@ impl Config {
             },
             sweep_interval: Duration::from_secs(num("SEATKEEPER_SWEEP_INTERVAL_SECONDS", 900)?.into()),
             ledger_pool_size: num("SEATKEEPER_LEDGER_POOL_SIZE", DEFAULT_LEDGER_POOL_SIZE)?,
+            cors_origins: get("SEATKEEPER_CORS_ORIGINS")
+                .map(|v| {
+                    v.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }

@@ -325,6 +325,7 @@ impl TestApp {
             defaults: PolicyDefaults { lease_ttl_seconds: 90, heartbeat_interval_seconds: 30 },
             sweep_interval: Duration::from_secs(3600),
             ledger_pool_size: seatkeeper_core::config::DEFAULT_LEDGER_POOL_SIZE,
+            ..Config::from_lookup(|_| None).expect("default configuration")
         };
         let svc = Service::connect(config).await.expect("service connects to its stores");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -60,8 +60,7 @@ pub struct Policy {
 }
 
 /// EVALSHA of create.lua with the keys and arguments `SeatStore::create` sends for a create with no
-/// device, no idempotency key and no per-user cap.
-#[allow(clippy::too_many_arguments)]
+/// device, no idempotency key and no per-user cap (and no deadline).
 pub async fn raw_create(
     conn: &mut MultiplexedConnection,
     shas: &Shas,
@@ -69,7 +68,6 @@ pub async fn raw_create(
     sid: &str,
     user: &str,
     token_hash: &[u8],
-    token: &str,
     p: Policy,
 ) -> redis::RedisResult<Value> {
     redis::cmd("EVALSHA")
@@ -85,14 +83,16 @@ pub async fn raw_create(
         .arg("")
         .arg(token_hash)
         .arg("")
-        .arg(format!("{sid}\n{token}\n{user}"))
+        .arg("")
         .arg(p.limit)
         .arg(0)
         .arg(i64::from(p.ttl_s) * 1000)
         .arg(p.hb_s)
         .arg(0)
         .arg("reject")
+        .arg(0)
         .arg(RECORD_RETENTION_MS)
+        .arg(0)
         .query_async(conn)
         .await
 }
@@ -114,6 +114,7 @@ pub async fn raw_heartbeat(
         .arg(prefix)
         .arg(sid)
         .arg(token_hash)
+        .arg(RECORD_RETENTION_MS)
         .query_async(conn)
         .await
 }
@@ -196,6 +197,10 @@ pub async fn seed_licenses(
                 .arg(p.hb_s)
                 .arg("res")
                 .arg(0)
+                .arg("on_limit")
+                .arg("reject")
+                .arg("ver")
+                .arg(0)
                 .ignore();
         }
         pipe.query_async::<()>(&mut redis.clone()).await?;
@@ -225,11 +230,13 @@ pub struct SeedSession {
 }
 
 /// Packs seeded sessions into the seat store the way create.lua does: the record in the slot's
-/// `sessions` hash (MessagePack, by Redis's own cmsgpack) and the lease in its sorted set.
+/// `sessions` hash (MessagePack, by Redis's own cmsgpack), the lease in its sorted set and the id
+/// in its user index.
 const SEED: &str = "for i = 1, #ARGV, 7 do \
   redis.call('HSET', ARGV[i] .. 'sessions', ARGV[i + 1], \
     cmsgpack.pack({ARGV[i + 2], '', ARGV[i + 3], tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])})) \
   redis.call('ZADD', ARGV[i] .. 'leases', ARGV[i + 6], ARGV[i + 1]) \
+  redis.call('HSET', ARGV[i] .. 'u', ARGV[i + 2], (redis.call('HGET', ARGV[i] .. 'u', ARGV[i + 2]) or '') .. ARGV[i + 1]) \
 end \
 return 1";
 

@@ -78,8 +78,7 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
             let th = format!("{n:064x}");
             let user = format!("user-{c:07}");
             let e = |e: redis::RedisError| e.to_string();
-            let v =
-                raw::raw_create(&mut conn, &shas, &p, &sid, &user, th.as_bytes(), "tok", policy).await.map_err(e)?;
+            let v = raw::raw_create(&mut conn, &shas, &p, &sid, &user, th.as_bytes(), policy).await.map_err(e)?;
             match raw::tag(&v).as_str() {
                 "ok" => {
                     if let redis::Value::Array(items) = &v {
@@ -154,13 +153,13 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
     )))
     .fetch_all(&pool)
     .await?;
-    let intervals: Vec<(i64, i64, bool)> = rs
+    let intervals: Vec<(i64, i64)> = rs
         .iter()
         .map(|r| {
             let c: i64 = r.try_get(0).unwrap_or(0);
             let e: Option<i64> = r.try_get(1).unwrap_or(None);
             let x: i64 = r.try_get(2).unwrap_or(0);
-            (c, e.unwrap_or(x), e.is_some())
+            (c, e.unwrap_or(x))
         })
         .collect();
     pool.close().await;
@@ -260,7 +259,6 @@ async fn create_cost(redis: &RedisServer, shas: &Shas, seats: usize, rows: &mut 
                     &format!("{:032x}", u128::MAX - u128::from(k)),
                     "user-x",
                     b"th",
-                    "tok",
                     policy,
                 )
                 .await?;

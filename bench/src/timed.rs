@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use seatkeeper_core::domain::{FeaturePolicy, Ident, License, Slot};
-use seatkeeper_core::ledger::{FeatureStats, Ledger, PutLicense, SessionEnd, SessionRow, SqlLedger};
+use seatkeeper_core::ledger::{FeatureStats, Ledger, PutLicense, SessionEnd, SessionRow, SlotEntry, SqlLedger};
 use seatkeeper_core::Result;
 
 pub const METHODS: [&str; 14] = [
@@ -226,12 +226,20 @@ impl Ledger for TimedLedger {
         r
     }
 
-    async fn slots(&self) -> Result<Vec<Slot>> {
+    async fn slots(&self) -> Result<Vec<SlotEntry>> {
         let t = Instant::now();
         let r = self.inner.slots().await;
         let rows = r.as_ref().map_or(0, |v| v.len() as u64);
         self.stats.add(10, t, rows);
         r
+    }
+
+    async fn active_slots(&self) -> Result<Vec<Slot>> {
+        self.inner.active_slots().await
+    }
+
+    async fn forget_removed_feature(&self, slot: &Slot) -> Result<()> {
+        self.inner.forget_removed_feature(slot).await
     }
 
     async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>> {

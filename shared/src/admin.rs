@@ -1,10 +1,10 @@
 //! Admin operations: force-cleanup, the two-store debug view, a sweep for one license, stats.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::domain::{now_ms, EndReason, Ident, Slot};
 use crate::error::{Error, Result};
-use crate::ledger::{FeatureStats, SessionEnd, SessionRow, ACTIVE};
+use crate::ledger::{peak_overlap, FeatureStats, SessionEnd, SessionRow, ACTIVE};
 use crate::seats::EndOutcome;
 use crate::service::Service;
 use crate::sweep::{SweepReport, SweepScope};
@@ -51,6 +51,7 @@ pub struct DebugView {
 pub struct FeatureStatsView {
     pub limit: u32,
     pub active: u64,
+    pub peak_active: u64,
     pub stats: FeatureStats,
 }
 
@@ -185,7 +186,7 @@ impl Service {
             licenses.push(DebugLicense {
                 license: slot.license.to_string(),
                 limit,
-                seat_store_active: snapshot.live().count() as u64,
+                seat_store_active: snapshot.seats_taken(),
                 ledger_active: ledger_active.len() as u64,
                 consistent: snapshot.initialized && store_ids == ledger_ids,
             });
@@ -231,13 +232,32 @@ impl Service {
         let now = now_ms();
         let mut stats = self.ledger.stats(license, now - window_seconds as i64 * 1000, now).await?;
         let mut out = BTreeMap::new();
+        let since = now - window_seconds as i64 * 1000;
         for (feature, policy) in &l.features {
             let slot = Slot { license: license.clone(), feature: feature.clone() };
-            let active = self.seats.snapshot(&slot).await?.live().count() as u64;
-            let mut s = stats.remove(feature.as_str()).unwrap_or_default();
+            let snapshot = self.seats.snapshot(&slot).await?;
+            let active = snapshot.seats_taken();
+            let s = stats.remove(feature.as_str()).unwrap_or_default();
+            // A session the ledger still holds active lasted until its lease ran out, which the
+            // seat store knows (the ledger learns it only at the next sweep).
+            let lease: HashMap<&str, i64> =
+                snapshot.entries.iter().map(|e| (e.session_id.as_str(), e.expires_ms)).collect();
+            let spans: Vec<(i64, i64)> = s
+                .spans
+                .iter()
+                .map(|sp| {
+                    let end = sp
+                        .end_ms
+                        .unwrap_or_else(|| lease.get(sp.session_id.as_str()).copied().unwrap_or(sp.expires_ms));
+                    (sp.created_ms, end.min(now))
+                })
+                .collect();
             // The window's peak is at least what is live now.
-            s.peak_active = s.peak_active.max(active);
-            out.insert(feature.to_string(), FeatureStatsView { limit: policy.max_sessions, active, stats: s });
+            let peak_active = peak_overlap(&spans, since).max(active);
+            out.insert(
+                feature.to_string(),
+                FeatureStatsView { limit: policy.max_sessions, active, peak_active, stats: s },
+            );
         }
         Ok(out)
     }
@@ -329,13 +349,14 @@ pub(crate) mod http {
                     json!({
                         "limit": v.limit,
                         "active": v.active,
-                        "peakActive": v.stats.peak_active,
+                        "peakActive": v.peak_active,
                         "created": v.stats.created,
                         "ended": ended(EndReason::Ended),
                         "expired": ended(EndReason::Expired),
                         "evicted": ended(EndReason::Evicted),
                         "replaced": ended(EndReason::Replaced),
                         "forceEnded": ended(EndReason::ForceEnded),
+                        "revoked": ended(EndReason::Revoked),
                         "limitRejections": v.stats.limit_rejections,
                         "averageSessionSeconds": v.stats.average_session_seconds,
                     }),

@@ -167,6 +167,8 @@ pub struct License {
     pub features: BTreeMap<Ident, FeaturePolicy>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Grows with every write of the license: the seat store keeps the newest policy it was given.
+    pub version: i64,
 }
 
 /// Why a session is over. The strings are the contract's `reason` values.
@@ -177,11 +179,19 @@ pub enum EndReason {
     Evicted,
     Replaced,
     ForceEnded,
+    /// Its feature or license was removed.
+    Revoked,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 5] =
-        [EndReason::Expired, EndReason::Ended, EndReason::Evicted, EndReason::Replaced, EndReason::ForceEnded];
+    pub const ALL: [EndReason; 6] = [
+        EndReason::Expired,
+        EndReason::Ended,
+        EndReason::Evicted,
+        EndReason::Replaced,
+        EndReason::ForceEnded,
+        EndReason::Revoked,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -190,6 +200,7 @@ impl EndReason {
             EndReason::Evicted => "evicted",
             EndReason::Replaced => "replaced",
             EndReason::ForceEnded => "force_ended",
+            EndReason::Revoked => "revoked",
         }
     }
 

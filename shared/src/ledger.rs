@@ -56,22 +56,46 @@ pub struct SessionEnd {
 pub struct PutLicense {
     pub created: bool,
     pub license: License,
+    /// Features the write removed: their slots are to be revoked.
+    pub removed: Vec<Ident>,
+}
+
+/// A slot the sweep visits. A removed feature's sessions are to be ended (`revoked`) before the
+/// slot is forgotten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotEntry {
+    pub slot: Slot,
+    /// When its feature was taken off the license, if it was.
+    pub removed_at_ms: Option<i64>,
+}
+
+/// A session's span, for peak concurrency: `end` is when it ended, or `None` while the ledger
+/// holds it active (the caller knows its lease better).
+#[derive(Clone, Debug)]
+pub struct SessionSpan {
+    pub session_id: String,
+    pub feature: String,
+    pub created_ms: i64,
+    pub end_ms: Option<i64>,
+    pub expires_ms: i64,
 }
 
 /// Counters of one feature over a stats window.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone)]
 pub struct FeatureStats {
     pub created: u64,
     pub ended_by: BTreeMap<&'static str, u64>,
     pub limit_rejections: u64,
-    pub peak_active: u64,
     pub average_session_seconds: f64,
+    /// The sessions that overlap the window, for peak concurrency.
+    pub spans: Vec<SessionSpan>,
 }
 
 #[async_trait]
 pub trait Ledger: Send + Sync {
     async fn ping(&self) -> Result<()>;
-    /// Creates or replaces a license with exactly these features. `key_hash` is required on creation.
+    /// Creates or replaces a license with exactly these features, and bumps its version; features
+    /// left out are marked removed. `key_hash` is required on creation.
     async fn put_license(
         &self,
         id: &Ident,
@@ -82,6 +106,7 @@ pub trait Ledger: Send + Sync {
     async fn license(&self, id: &Ident) -> Result<Option<License>>;
     async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>>;
     /// Records a new session and, in the same transaction, the ends it caused (takeover, eviction).
+    /// A session already recorded is left as it is (a replayed create may write it first).
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()>;
     /// Records ends of sessions still active in the ledger (the lease's expiry becomes the end
     /// time); returns the ids it changed.
@@ -91,13 +116,18 @@ pub trait Ledger: Send + Sync {
     /// How many sessions of a slot the ledger holds active (one row read).
     async fn count_active(&self, slot: &Slot) -> Result<u64>;
     async fn record_limit_rejection(&self, slot: &Slot, user: &Ident, at_ms: i64) -> Result<()>;
-    /// Every (license, feature) pair of every license: the slots a sweep visits.
-    async fn slots(&self) -> Result<Vec<Slot>>;
+    /// Every (license, feature) pair of every license, removed features included: the slots a
+    /// sweep visits.
+    async fn slots(&self) -> Result<Vec<SlotEntry>>;
+    /// The slots of every active session (a full sweep's check that no slot is out of sight).
+    async fn active_slots(&self) -> Result<Vec<Slot>>;
+    /// Forgets a removed feature once its sessions are all ended (a feature put back meanwhile stays).
+    async fn forget_removed_feature(&self, slot: &Slot) -> Result<()>;
     /// Sessions of a user for a feature that are active or ended since `since_ms`.
     async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>>;
     /// Sets heartbeat times of active sessions from the seat store: (session id, last heartbeat, expiry).
     async fn write_heartbeats(&self, beats: &[(String, i64, i64)]) -> Result<u64>;
-    /// Counters per feature of a license over `[since_ms, now_ms]`.
+    /// Counters per feature of a license over `[since_ms, now_ms]`, with the spans of its sessions.
     async fn stats(&self, license: &Ident, since_ms: i64, now_ms: i64) -> Result<BTreeMap<String, FeatureStats>>;
 }
 
@@ -213,9 +243,10 @@ impl SqlLedger {
     /// A license and its features in one round trip, by `license_id` or `key_hash`.
     async fn license_where(&self, column: &str, value: &str) -> Result<Option<License>> {
         let q = format!(
-            "SELECT l.license_id, l.created_at, l.updated_at, f.feature, f.max_sessions, f.max_sessions_per_user, \
-             f.on_limit, f.lease_ttl_seconds, f.heartbeat_interval_seconds, f.resurrect_window_seconds \
-             FROM licenses l LEFT JOIN license_features f ON f.license_id = l.license_id WHERE l.{column} = ?"
+            "SELECT l.license_id, l.created_at, l.updated_at, l.version, f.feature, f.max_sessions, \
+             f.max_sessions_per_user, f.on_limit, f.lease_ttl_seconds, f.heartbeat_interval_seconds, \
+             f.resurrect_window_seconds FROM licenses l LEFT JOIN license_features f \
+             ON f.license_id = l.license_id AND f.removed_at IS NULL WHERE l.{column} = ?"
         );
         let rows = sqlx::query(self.sql(&q)).bind(value).fetch_all(&self.pool).await.map_err(Error::ledger)?;
         let Some(first) = rows.first() else { return Ok(None) };
@@ -245,6 +276,7 @@ impl SqlLedger {
             features,
             created_at_ms: first.try_get("created_at").map_err(Error::ledger)?,
             updated_at_ms: first.try_get("updated_at").map_err(Error::ledger)?,
+            version: first.try_get("version").map_err(Error::ledger)?,
         }))
     }
 
@@ -359,6 +391,12 @@ fn session_row(r: &AnyRow) -> std::result::Result<SessionRow, sqlx::Error> {
     })
 }
 
+/// A (license_id, feature) row as a slot.
+fn slot_of(r: &AnyRow) -> Result<Slot> {
+    let (l, f): (String, String) = (r.try_get(0).map_err(Error::ledger)?, r.try_get(1).map_err(Error::ledger)?);
+    Ok(Slot { license: Ident::parse("licenseId", &l)?, feature: Ident::parse("feature", &f)? })
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -384,9 +422,10 @@ impl Ledger for SqlLedger {
             .map_err(Error::ledger)?
             .is_some();
         let write = if exists {
-            sqlx::query(
-                self.sql("UPDATE licenses SET key_hash = COALESCE(?, key_hash), updated_at = ? WHERE license_id = ?"),
-            )
+            sqlx::query(self.sql(
+                "UPDATE licenses SET key_hash = COALESCE(?, key_hash), updated_at = ?, version = version + 1 \
+                 WHERE license_id = ?",
+            ))
             .bind(key_hash)
             .bind(now_ms)
             .bind(id.as_str())
@@ -410,12 +449,34 @@ impl Ledger for SqlLedger {
             }
             other => other.map_err(Error::ledger)?,
         };
-        sqlx::query(self.sql("DELETE FROM license_features WHERE license_id = ?"))
+        // Features left out stay, marked removed, until the sweep has ended their sessions.
+        let current =
+            sqlx::query(self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"))
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(Error::ledger)?;
+        let mut removed = Vec::new();
+        for r in &current {
+            let f: String = r.try_get(0).map_err(Error::ledger)?;
+            let f = Ident::parse("feature", &f)?;
+            if !features.contains_key(&f) {
+                removed.push(f);
+            }
+        }
+        sqlx::query(self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"))
+            .bind(now_ms)
             .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(Error::ledger)?;
         for (feature, p) in features {
+            sqlx::query(self.sql("DELETE FROM license_features WHERE license_id = ? AND feature = ?"))
+                .bind(id.as_str())
+                .bind(feature.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::ledger)?;
             sqlx::query(self.sql(&format!(
                 "INSERT INTO license_features (license_id, feature, max_sessions, max_sessions_per_user, on_limit, \
                  lease_ttl_seconds, heartbeat_interval_seconds, resurrect_window_seconds) VALUES ({})",
@@ -435,7 +496,7 @@ impl Ledger for SqlLedger {
         }
         tx.commit().await.map_err(Error::ledger)?;
         let license = self.license(id).await?.ok_or_else(|| Error::ledger("license vanished after write"))?;
-        Ok(PutLicense { created: !exists, license })
+        Ok(PutLicense { created: !exists, license, removed })
     }
 
     async fn license(&self, id: &Ident) -> Result<Option<License>> {
@@ -449,7 +510,7 @@ impl Ledger for SqlLedger {
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()> {
         let mut tx = self.begin_write().await.map_err(Error::ledger)?;
         self.end_in(&mut tx, ends).await?;
-        sqlx::query(self.sql(&format!(
+        let inserted = sqlx::query(self.sql(&format!(
             "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
              metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) VALUES ({})",
             Self::placeholders(13)
@@ -468,8 +529,12 @@ impl Ledger for SqlLedger {
         .bind(row.expires_at_ms)
         .bind(row.ended_at_ms)
         .execute(&mut *tx)
-        .await
-        .map_err(Error::ledger)?;
+        .await;
+        match inserted {
+            // Recorded already: by the create itself, or by a replay of it.
+            Err(e) if is_unique_violation(&e) => return Ok(()),
+            other => other.map_err(Error::ledger)?,
+        };
         self.insert_event(
             &mut tx,
             (&row.license_id, &row.feature),
@@ -529,18 +594,35 @@ impl Ledger for SqlLedger {
         .await
     }
 
-    async fn slots(&self) -> Result<Vec<Slot>> {
-        let rows = sqlx::query("SELECT license_id, feature FROM license_features ORDER BY license_id, feature")
+    async fn slots(&self) -> Result<Vec<SlotEntry>> {
+        let rows =
+            sqlx::query("SELECT license_id, feature, removed_at FROM license_features ORDER BY license_id, feature")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::ledger)?;
+        rows.iter()
+            .map(|r| Ok(SlotEntry { slot: slot_of(r)?, removed_at_ms: r.try_get(2).map_err(Error::ledger)? }))
+            .collect()
+    }
+
+    async fn active_slots(&self) -> Result<Vec<Slot>> {
+        let rows = sqlx::query("SELECT DISTINCT license_id, feature FROM sessions WHERE status = 'active'")
             .fetch_all(&self.pool)
             .await
             .map_err(Error::ledger)?;
-        rows.iter()
-            .map(|r| {
-                let (l, f): (String, String) =
-                    (r.try_get(0).map_err(Error::ledger)?, r.try_get(1).map_err(Error::ledger)?);
-                Ok(Slot { license: Ident::parse("licenseId", &l)?, feature: Ident::parse("feature", &f)? })
-            })
-            .collect()
+        rows.iter().map(slot_of).collect()
+    }
+
+    async fn forget_removed_feature(&self, slot: &Slot) -> Result<()> {
+        sqlx::query(
+            self.sql("DELETE FROM license_features WHERE license_id = ? AND feature = ? AND removed_at IS NOT NULL"),
+        )
+        .bind(slot.license.as_str())
+        .bind(slot.feature.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(Error::ledger)
+        .map(drop)
     }
 
     async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>> {
@@ -600,9 +682,10 @@ impl Ledger for SqlLedger {
                 }
             }
         }
-        // Peak concurrency and average length from the sessions that overlap the window.
+        // The sessions that overlap the window: their average length here, their peak with the
+        // seat store's leases (the caller's), since a lease can run out before the sweep records it.
         let rows = sqlx::query(self.sql(
-            "SELECT feature, created_at, ended_at, expires_at, status FROM sessions \
+            "SELECT feature, created_at, ended_at, expires_at, session_id FROM sessions \
              WHERE license_id = ? AND (status = 'active' OR ended_at >= ?) AND created_at <= ?",
         ))
         .bind(license.as_str())
@@ -611,21 +694,25 @@ impl Ledger for SqlLedger {
         .fetch_all(&self.pool)
         .await
         .map_err(Error::ledger)?;
-        let mut intervals: BTreeMap<String, Vec<(i64, i64, bool)>> = BTreeMap::new();
         for r in rows {
             let feature: String = r.try_get(0).map_err(Error::ledger)?;
-            let created: i64 = r.try_get(1).map_err(Error::ledger)?;
-            let ended: Option<i64> = r.try_get(2).map_err(Error::ledger)?;
-            let expires: i64 = r.try_get(3).map_err(Error::ledger)?;
-            let status: String = r.try_get(4).map_err(Error::ledger)?;
-            let end = ended.unwrap_or(if status == ACTIVE { now_ms } else { expires }).min(now_ms);
-            intervals.entry(feature).or_default().push((created, end, ended.is_some()));
+            let span = SessionSpan {
+                created_ms: r.try_get(1).map_err(Error::ledger)?,
+                end_ms: r.try_get(2).map_err(Error::ledger)?,
+                expires_ms: r.try_get(3).map_err(Error::ledger)?,
+                session_id: r.try_get(4).map_err(Error::ledger)?,
+                feature: feature.clone(),
+            };
+            out.entry(feature).or_default().spans.push(span);
         }
-        for (feature, iv) in intervals {
-            let s = out.entry(feature).or_default();
-            s.peak_active = peak_overlap(&iv, since_ms);
-            let finished: Vec<i64> =
-                iv.iter().filter(|(c, e, ended)| *ended && *c >= since_ms && e >= c).map(|(c, e, _)| e - c).collect();
+        for s in out.values_mut() {
+            let finished: Vec<i64> = s
+                .spans
+                .iter()
+                .filter_map(|sp| {
+                    sp.end_ms.filter(|e| sp.created_ms >= since_ms && *e >= sp.created_ms).map(|e| e - sp.created_ms)
+                })
+                .collect();
             if !finished.is_empty() {
                 s.average_session_seconds = finished.iter().sum::<i64>() as f64 / finished.len() as f64 / 1000.0;
             }
@@ -635,9 +722,9 @@ impl Ledger for SqlLedger {
 }
 
 /// The largest number of intervals `[start, end)` that overlap at one instant at or after `from`.
-pub fn peak_overlap(intervals: &[(i64, i64, bool)], from: i64) -> u64 {
+pub fn peak_overlap(intervals: &[(i64, i64)], from: i64) -> u64 {
     let mut points: Vec<(i64, i64)> = Vec::with_capacity(intervals.len() * 2);
-    for &(start, end, _) in intervals {
+    for &(start, end) in intervals {
         if end > from && end > start {
             points.push((start.max(from), 1));
             points.push((end, -1));
@@ -660,10 +747,10 @@ mod tests {
     #[test]
     fn peak_counts_overlaps_within_the_window() {
         assert_eq!(peak_overlap(&[], 0), 0);
-        assert_eq!(peak_overlap(&[(0, 10, true), (5, 15, true), (12, 20, true)], 0), 2);
+        assert_eq!(peak_overlap(&[(0, 10), (5, 15), (12, 20)], 0), 2);
         // A handover at the same instant is one seat, not two.
-        assert_eq!(peak_overlap(&[(0, 10, true), (10, 20, true)], 0), 1);
+        assert_eq!(peak_overlap(&[(0, 10), (10, 20)], 0), 1);
         // Sessions that ended before the window do not count.
-        assert_eq!(peak_overlap(&[(0, 10, true), (5, 15, true)], 12), 1);
+        assert_eq!(peak_overlap(&[(0, 10), (5, 15)], 12), 1);
     }
 }

@@ -2,6 +2,8 @@
 //! (see `lua/`), called by SHA with a NOSCRIPT fallback; every decision is taken inside the script
 //! on the Redis server's clock, and counts are derived from live leases, never stored.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -40,12 +42,35 @@ struct Scripts {
     expire: Script,
     snapshot: Script,
     record: Script,
+    revoke: Script,
+}
+
+/// How long a create may take in Redis before the caller gives up on it. The script is sent with
+/// this deadline on the Redis server's clock and refuses to run past it, so a create that times out
+/// here (and answers 503) never takes a seat later. Kept well inside the response timeout.
+const CREATE_BUDGET_MS: i64 = 1_000;
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Redis server's clock as seen from here: the offset of its TIME from this process's clock,
+/// measured from replies (so off by at most one round trip, which the budget absorbs).
+#[derive(Default)]
+struct ServerClock {
+    known: AtomicBool,
+    offset_ms: AtomicI64,
+}
+
+impl ServerClock {
+    fn observe(&self, server_now_ms: i64) {
+        self.offset_ms.store(server_now_ms - crate::domain::now_ms(), Ordering::Relaxed);
+        self.known.store(true, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone)]
 pub struct SeatStore {
     conn: ConnectionManager,
-    scripts: std::sync::Arc<Scripts>,
+    scripts: Arc<Scripts>,
+    clock: Arc<ServerClock>,
 }
 
 /// The keys of one slot; they all share the hash tag `{license/feature}`.
@@ -79,18 +104,63 @@ pub struct NewSeat<'a> {
     pub session_id: &'a str,
     pub user: &'a str,
     pub device: Option<&'a str>,
-    pub token: &'a str,
     pub token_hash: &'a str,
     pub idempotency_key: Option<&'a str>,
+    /// The token's secret sealed for the idempotency record (see `token::seal`): a replay can give
+    /// the same token back, and Redis holds nothing usable as a credential.
+    pub sealed_secret: &'a [u8; 32],
+}
+
+/// A feature policy with the license version it comes from: only a newer one overwrites the
+/// policy the seat store holds.
+#[derive(Clone, Copy)]
+pub struct Versioned<'a> {
+    pub policy: &'a FeaturePolicy,
+    pub version: i64,
 }
 
 #[derive(Debug)]
 pub enum CreateOutcome {
-    Admitted { now_ms: i64, expires_ms: i64, active: u32, replaced: Option<String>, evicted: Option<String> },
-    Replay { session_id: String, token: String, created_ms: i64, expires_ms: i64, device: Option<String>, active: u32 },
-    Limit { scope: LimitScope, limit: u32, active: u32, retry_after_ms: i64 },
+    /// `limit` and `heartbeat_interval_seconds` are the policy in force in the seat store.
+    Admitted {
+        now_ms: i64,
+        expires_ms: i64,
+        active: u32,
+        replaced: Vec<String>,
+        evicted: Option<String>,
+        limit: u32,
+        heartbeat_interval_seconds: u32,
+    },
+    Replay {
+        session_id: String,
+        sealed_secret: [u8; 32],
+        created_ms: i64,
+        expires_ms: i64,
+        device: Option<String>,
+        active: u32,
+        limit: u32,
+        heartbeat_interval_seconds: u32,
+    },
+    Limit {
+        scope: LimitScope,
+        limit: u32,
+        active: u32,
+        retry_after_ms: i64,
+    },
     IdempotencyConflict,
+    /// The feature is being removed from its license.
+    Revoked,
     Rebuild,
+}
+
+/// What a policy write found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PolicyApplied {
+    Applied,
+    /// The slot holds no data: the next call rebuilds it with the ledger's policy.
+    Absent,
+    /// The slot still holds sessions of an earlier removal of this feature.
+    RevocationPending,
 }
 
 #[derive(Debug)]
@@ -136,14 +206,29 @@ pub struct SeatEntry {
     pub user: Option<String>,
     pub created_ms: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
+    /// Restored by a rebuild and not confirmed by a heartbeat since.
+    pub provisional: bool,
+}
+
+/// A slot's state in the seat store, read in O(1).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotSize {
+    pub initialized: bool,
+    pub revoked: bool,
+    pub leases: u64,
 }
 
 /// What the seat store remembers of one session.
 #[derive(Debug, Clone)]
-pub struct RecordState {
-    pub reason: Option<EndReason>,
-    pub ended_ms: Option<i64>,
-    pub last_heartbeat_ms: Option<i64>,
+pub enum Record {
+    /// It holds a lease entry (live, or run out and not yet swept).
+    Leased,
+    /// It is over; its record is kept for a while.
+    Over { reason: EndReason, ended_ms: Option<i64>, last_heartbeat_ms: Option<i64> },
+    /// No trace of it, in a slot that has its data.
+    Unknown,
+    /// The slot lost its data: nothing about the session is known.
+    SlotLost,
 }
 
 /// Every lease of a slot, live or run out, with the server's time.
@@ -151,12 +236,28 @@ pub struct RecordState {
 pub struct SlotSnapshot {
     pub initialized: bool,
     pub now_ms: i64,
+    /// The limit in force in the seat store (0 when the slot holds no policy).
+    pub limit: u32,
     pub entries: Vec<SeatEntry>,
 }
 
 impl SlotSnapshot {
     pub fn live(&self) -> impl Iterator<Item = &SeatEntry> {
         self.entries.iter().filter(move |e| e.expires_ms > self.now_ms)
+    }
+
+    /// Seats taken, as the scripts count them: restored sessions not yet confirmed by a heartbeat
+    /// hold at most the seats the confirmed ones leave free.
+    pub fn seats_taken(&self) -> u64 {
+        let (mut confirmed, mut provisional) = (0u64, 0u64);
+        for e in self.live() {
+            if e.provisional {
+                provisional += 1;
+            } else {
+                confirmed += 1;
+            }
+        }
+        confirmed + provisional.min(u64::from(self.limit).saturating_sub(confirmed))
     }
 }
 
@@ -166,7 +267,7 @@ impl SeatStore {
         let client = redis::Client::open(url).map_err(Error::seat_store)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = client.get_connection_manager_lazy(config).map_err(Error::seat_store)?;
@@ -181,8 +282,20 @@ impl SeatStore {
             expire: script!("expire.lua"),
             snapshot: script!("snapshot.lua"),
             record: script!("record.lua"),
+            revoke: script!("revoke.lua"),
         };
-        Ok(SeatStore { conn, scripts: std::sync::Arc::new(scripts) })
+        Ok(SeatStore { conn, scripts: Arc::new(scripts), clock: Arc::default() })
+    }
+
+    /// The deadline for a create sent now, on the Redis server's clock.
+    async fn create_deadline(&self) -> Result<i64> {
+        if !self.clock.known.load(Ordering::Relaxed) {
+            let mut conn = self.conn.clone();
+            let (secs, micros): (i64, i64) =
+                redis::cmd("TIME").query_async(&mut conn).await.map_err(Error::seat_store)?;
+            self.clock.observe(secs * 1000 + micros / 1000);
+        }
+        Ok(crate::domain::now_ms() + self.clock.offset_ms.load(Ordering::Relaxed) + CREATE_BUDGET_MS)
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -196,9 +309,15 @@ impl SeatStore {
         inv.invoke_async(&mut conn).await.map_err(Error::seat_store)
     }
 
-    pub async fn create(&self, slot: &Slot, policy: &FeaturePolicy, seat: &NewSeat<'_>) -> Result<CreateOutcome> {
+    /// Admits a session if a seat is free. An error means the caller cannot know whether the
+    /// script ran: it gives the seat back with `release` (the script never runs past its deadline).
+    pub async fn create(&self, slot: &Slot, policy: Versioned<'_>, seat: &NewSeat<'_>) -> Result<CreateOutcome> {
         let k = SlotKeys::new(slot);
-        let idem_value = format!("{}\n{}\n{}", seat.session_id, seat.token, seat.user);
+        let mut idem_value = Vec::with_capacity(64 + seat.user.len());
+        idem_value.extend_from_slice(seat.session_id.as_bytes());
+        idem_value.extend_from_slice(seat.sealed_secret);
+        idem_value.extend_from_slice(seat.user.as_bytes());
+        let deadline = self.create_deadline().await?;
         let mut inv = self.scripts.create.prepare_invoke();
         inv.key(k.leases())
             .key(k.cfg())
@@ -212,24 +331,31 @@ impl SeatStore {
             .arg(seat.idempotency_key.unwrap_or(""))
             .arg(idem_value);
         policy_args(&mut inv, policy);
-        inv.arg(policy.on_limit.as_str());
-        inv.arg(RECORD_RETENTION_MS);
+        inv.arg(RECORD_RETENTION_MS).arg(deadline);
         let r = Reply(self.run(inv).await?);
         Ok(match r.tag()? {
-            "ok" => CreateOutcome::Admitted {
-                now_ms: r.int(1)?,
-                expires_ms: r.int(2)?,
-                active: r.int(3)? as u32,
-                replaced: r.opt_str(4)?,
-                evicted: r.opt_str(5)?,
-            },
+            "ok" => {
+                let now_ms = r.int(1)?;
+                self.clock.observe(now_ms);
+                CreateOutcome::Admitted {
+                    now_ms,
+                    expires_ms: r.int(2)?,
+                    active: r.int(3)? as u32,
+                    replaced: r.opt_str(4)?.map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                    evicted: r.opt_str(5)?,
+                    limit: r.int(6)? as u32,
+                    heartbeat_interval_seconds: r.int(7)? as u32,
+                }
+            }
             "replay" => CreateOutcome::Replay {
                 session_id: r.str(1)?,
-                token: r.str(2)?,
+                sealed_secret: r.bytes(2)?.try_into().map_err(|_| unexpected("sealed secret"))?,
                 created_ms: r.int(3)?,
                 expires_ms: r.int(4)?,
                 device: r.opt_str(5)?,
                 active: r.int(6)? as u32,
+                limit: r.int(7)? as u32,
+                heartbeat_interval_seconds: r.int(8)? as u32,
             },
             "limit" => CreateOutcome::Limit {
                 scope: if r.str(1)? == "user" { LimitScope::User } else { LimitScope::License },
@@ -238,7 +364,13 @@ impl SeatStore {
                 retry_after_ms: r.int(4)?,
             },
             "idem_conflict" => CreateOutcome::IdempotencyConflict,
+            "revoked" => CreateOutcome::Revoked,
             "rebuild" => CreateOutcome::Rebuild,
+            // The script ran after its deadline and changed nothing; the clock estimate was off.
+            "late" => {
+                self.clock.known.store(false, Ordering::Relaxed);
+                return Err(Error::seat_store("the create reached the seat store after its deadline"));
+            }
             other => return Err(unexpected(other)),
         })
     }
@@ -247,7 +379,13 @@ impl SeatStore {
     pub async fn heartbeat(&self, slot: &Slot, session_id: &str, token_hash: &str) -> Result<HeartbeatOutcome> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.heartbeat.prepare_invoke();
-        inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix()).arg(session_id).arg(store_hash(token_hash));
+        inv.key(k.leases())
+            .key(k.cfg())
+            .key(k.sessions())
+            .arg(k.prefix())
+            .arg(session_id)
+            .arg(store_hash(token_hash))
+            .arg(RECORD_RETENTION_MS);
         let r = Reply(self.run(inv).await?);
         Ok(match r.tag()? {
             "ok" => HeartbeatOutcome::Renewed {
@@ -290,16 +428,31 @@ impl SeatStore {
         })
     }
 
-    /// Undoes an admission whose ledger write failed.
-    pub async fn release(&self, slot: &Slot, session_id: &str, idempotency_key: Option<&str>) -> Result<()> {
+    /// Undoes an admission whose ledger write failed (or whose outcome is unknown): frees its seat
+    /// and brings back the sessions it ended at `created_ms` (`ended`), as they were.
+    pub async fn release(
+        &self,
+        slot: &Slot,
+        session_id: &str,
+        idempotency_key: Option<&str>,
+        created_ms: i64,
+        ended: &[String],
+    ) -> Result<u64> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(k.leases()).key(k.sessions()).key(k.idempotency(idempotency_key)).arg(session_id);
-        self.run_int(inv).await.map(drop)
+        inv.key(k.leases())
+            .key(k.sessions())
+            .key(k.idempotency(idempotency_key))
+            .arg(k.prefix())
+            .arg(session_id)
+            .arg(created_ms)
+            .arg(ended);
+        Ok(self.run_int(inv).await? as u64)
     }
 
     /// Restores a slot from the ledger's live sessions; returns how many sessions were restored.
-    pub async fn rebuild(&self, slot: &Slot, policy: &FeaturePolicy, seats: &[RebuildSeat]) -> Result<u64> {
+    /// They hold their seats until they confirm by heartbeat, at most `limit` of them.
+    pub async fn rebuild(&self, slot: &Slot, policy: Versioned<'_>, seats: &[RebuildSeat]) -> Result<u64> {
         const CHUNK: usize = 500;
         let k = SlotKeys::new(slot);
         let chunks: Vec<&[RebuildSeat]> = if seats.is_empty() { vec![&[]] } else { seats.chunks(CHUNK).collect() };
@@ -321,12 +474,29 @@ impl SeatStore {
         Ok(restored)
     }
 
-    /// Applies a changed policy to a slot that is live in the store.
-    pub async fn set_policy(&self, slot: &Slot, policy: &FeaturePolicy) -> Result<()> {
+    /// Applies a changed policy to a slot that is live in the store, unless it holds a newer one.
+    pub async fn set_policy(&self, slot: &Slot, policy: Versioned<'_>) -> Result<PolicyApplied> {
         let mut inv = self.scripts.policy.prepare_invoke();
         inv.key(SlotKeys::new(slot).cfg());
         policy_args(&mut inv, policy);
-        self.run_int(inv).await.map(drop)
+        let mut conn = self.conn.clone();
+        let tag: String = inv.invoke_async(&mut conn).await.map_err(Error::seat_store)?;
+        Ok(match tag.as_str() {
+            "revoked" => PolicyApplied::RevocationPending,
+            "absent" => PolicyApplied::Absent,
+            _ => PolicyApplied::Applied,
+        })
+    }
+
+    /// Ends up to `batch` sessions of a slot whose feature was removed (reason `revoked`) and marks
+    /// the slot revoked; returns (session id, last heartbeat ms) of those it ended, none once the
+    /// slot is empty (its keys are then dropped).
+    pub async fn revoke(&self, slot: &Slot, batch: usize) -> Result<Vec<(String, i64)>> {
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.revoke.prepare_invoke();
+        inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix()).arg(RECORD_RETENTION_MS).arg(batch);
+        let r = Reply(self.run(inv).await?);
+        (0..r.0.len() / 2).map(|i| Ok((r.str(2 * i)?, r.int(2 * i + 1)?))).collect()
     }
 
     /// Up to `batch` leases of a slot that ran out longer than its resurrect window ago, oldest first.
@@ -360,8 +530,8 @@ impl SeatStore {
         let mut inv = self.scripts.snapshot.prepare_invoke();
         inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix());
         let r = Reply(self.run(inv).await?);
-        let entries = (2..r.0.len())
-            .step_by(5)
+        let entries = (3..r.0.len())
+            .step_by(6)
             .map(|i| {
                 Ok(SeatEntry {
                     session_id: r.str(i)?,
@@ -369,42 +539,46 @@ impl SeatStore {
                     user: r.opt_str(i + 2)?,
                     created_ms: r.opt_int(i + 3)?,
                     last_heartbeat_ms: r.opt_int(i + 4)?,
+                    provisional: r.int(i + 5)? == 1,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(SlotSnapshot { initialized: r.int(0)? == 1, now_ms: r.int(1)?, entries })
+        Ok(SlotSnapshot { initialized: r.int(0)? == 1, now_ms: r.int(1)?, limit: r.int(2)? as u32, entries })
     }
 
-    /// Whether the slot is live in the store (its cfg exists) and how many leases it holds, live or
-    /// due: two O(1) reads for the sweep's cheap consistency check.
-    pub async fn slot_size(&self, slot: &Slot) -> Result<(bool, u64)> {
+    /// Whether the slot is live in the store (its cfg exists), whether it awaits the end of a
+    /// feature removal, and how many leases it holds, live or due: O(1) reads for the sweep's
+    /// cheap consistency check.
+    pub async fn slot_size(&self, slot: &Slot) -> Result<SlotSize> {
         let k = SlotKeys::new(slot);
         let mut conn = self.conn.clone();
-        let (cfg, leases): (bool, u64) =
-            redis::pipe().exists(k.cfg()).zcard(k.leases()).query_async(&mut conn).await.map_err(Error::seat_store)?;
-        Ok((cfg, leases))
+        let (initialized, revoked, leases): (bool, bool, u64) = redis::pipe()
+            .exists(k.cfg())
+            .hexists(k.cfg(), "revoked")
+            .zcard(k.leases())
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::seat_store)?;
+        Ok(SlotSize { initialized, revoked, leases })
     }
 
-    /// A session's record: its end reason (`None` while it holds a lease entry), end time and
-    /// last heartbeat.
-    pub async fn record(&self, slot: &Slot, session_id: &str) -> Result<Option<RecordState>> {
+    /// What the seat store remembers of a session right now.
+    pub async fn record(&self, slot: &Slot, session_id: &str) -> Result<Record> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.record.prepare_invoke();
         inv.key(k.cfg()).key(k.sessions()).arg(k.prefix()).arg(session_id);
         let r = Reply(self.run(inv).await?);
-        if r.0.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(RecordState {
-            reason: EndReason::parse(&r.str(0)?),
-            ended_ms: r.opt_int(1)?,
-            last_heartbeat_ms: r.opt_int(2)?,
-        }))
+        Ok(match r.tag()? {
+            "unknown" => Record::Unknown,
+            "rebuild" => Record::SlotLost,
+            "a" => Record::Leased,
+            _ => Record::Over { reason: r.reason(0)?, ended_ms: r.opt_int(1)?, last_heartbeat_ms: r.opt_int(2)? },
+        })
     }
 
     /// Removes a lease the ledger does not explain (an orphan seat) and its record.
     pub async fn remove_orphan(&self, slot: &Slot, session_id: &str) -> Result<()> {
-        self.release(slot, session_id, None).await
+        self.release(slot, session_id, None, 0, &[]).await.map(drop)
     }
 
     async fn run_int(&self, inv: redis::ScriptInvocation<'_>) -> Result<i64> {
@@ -413,12 +587,16 @@ impl SeatStore {
     }
 }
 
-fn policy_args(inv: &mut redis::ScriptInvocation<'_>, p: &FeaturePolicy) {
+/// limit, per_user, ttl ms, hb s, res ms, on_limit, version: as `apply_policy` in the prelude reads them.
+fn policy_args(inv: &mut redis::ScriptInvocation<'_>, v: Versioned<'_>) {
+    let p = v.policy;
     inv.arg(p.max_sessions)
         .arg(p.max_sessions_per_user.unwrap_or(0))
         .arg(i64::from(p.lease_ttl_seconds) * 1000)
         .arg(p.heartbeat_interval_seconds)
-        .arg(i64::from(p.resurrect_window_seconds) * 1000);
+        .arg(i64::from(p.resurrect_window_seconds) * 1000)
+        .arg(p.on_limit.as_str())
+        .arg(v.version);
 }
 
 fn unexpected(tag: &str) -> Error {
@@ -447,6 +625,9 @@ impl Reply {
             Value::Nil => None,
             v => Some(redis::from_redis_value_ref::<String>(v).map_err(Error::seat_store)?).filter(|s| !s.is_empty()),
         })
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        redis::from_redis_value_ref(self.get(i)?).map_err(Error::seat_store)
     }
     fn int(&self, i: usize) -> Result<i64> {
         redis::from_redis_value_ref(self.get(i)?).map_err(Error::seat_store)

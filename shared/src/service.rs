@@ -8,8 +8,16 @@ use crate::config::Config;
 use crate::domain::{validate_license_key, EndReason, FeaturePolicy, FeaturePolicyInput, Ident, License, Slot};
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, SessionEnd, SessionRow, ACTIVE};
-use crate::seats::{CreateOutcome, EndOutcome, HeartbeatOutcome, NewSeat, RebuildSeat, SeatStore};
+use crate::seats::{
+    CreateOutcome, EndOutcome, HeartbeatOutcome, NewSeat, PolicyApplied, RebuildSeat, SeatStore, Versioned,
+};
 use crate::token;
+
+/// How long a create waits for its ledger row. Past it the seat is given back and the client hears
+/// 503; the sweep's grace for a seat without a row (30 s) is longer, so it never races a create.
+const LEDGER_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Sessions of a removed feature ended per round trip.
+const REVOKE_BATCH: usize = 500;
 
 #[derive(Clone)]
 pub struct Service {
@@ -118,87 +126,146 @@ impl Service {
         if req.license.as_ref().is_some_and(|l| *l != license.id) {
             return Err(Error::Forbidden("the license key does not belong to licenseId"));
         }
-        let policy = license
-            .features
-            .get(&req.feature)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("feature {} is not part of this license", req.feature)))?;
+        let not_found = || Error::NotFound(format!("feature {} is not part of this license", req.feature));
+        let policy = license.features.get(&req.feature).cloned().ok_or_else(not_found)?;
         let slot = Slot { license: license.id.clone(), feature: req.feature.clone() };
         let session_id = token::new_session_id();
-        let (session_token, token_hash) = token::mint_session_token(&slot, &session_id);
+        let minted = token::mint_session_token(&slot, &session_id);
+        let idem = req.idempotency_key.as_ref().map(Ident::as_str);
+        let sealed = token::seal(&minted.secret, license_key, &slot, idem.unwrap_or(""), &session_id);
         let seat = NewSeat {
             session_id: &session_id,
             user: req.user.as_str(),
             device: req.device.as_ref().map(Ident::as_str),
-            token: &session_token,
-            token_hash: &token_hash,
-            idempotency_key: req.idempotency_key.as_ref().map(Ident::as_str),
+            token_hash: &minted.hash,
+            idempotency_key: idem,
+            sealed_secret: &sealed,
         };
-        let mut outcome = self.seats.create(&slot, &policy, &seat).await?;
-        if matches!(outcome, CreateOutcome::Rebuild) {
-            self.rebuild(&slot).await?;
-            outcome = self.seats.create(&slot, &policy, &seat).await?;
-        }
-        let base = |replay, token: String, session_id: String| Session {
-            replay,
-            token,
-            session_id,
-            license: license.id.clone(),
-            user: req.user.clone(),
-            feature: req.feature.clone(),
-            device: req.device.as_ref().map(|d| d.to_string()),
-            created_ms: 0,
-            expires_ms: 0,
-            policy: policy.clone(),
-            active: 0,
-            replaced_session_id: None,
+        let versioned = Versioned { policy: &policy, version: license.version };
+        let outcome = match self.admit(&slot, versioned, &seat).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The script may have run with its reply lost: take the seat back, so that the
+                // 503 the client hears changed nothing. (One that runs late refuses by itself.)
+                if let Err(release) = self.seats.release(&slot, &session_id, idem, 0, &[]).await {
+                    tracing::warn!(error = %release, session_id, "could not take back a seat after a failed create; its lease runs out on its own");
+                }
+                return Err(e);
+            }
         };
+        let session = |replay, token: String, session_id: String, device, created_ms, expires_ms, active, limit, hb| {
+            let mut policy = policy.clone();
+            policy.max_sessions = limit;
+            policy.heartbeat_interval_seconds = hb;
+            Session {
+                replay,
+                token,
+                session_id,
+                license: license.id.clone(),
+                user: req.user.clone(),
+                feature: req.feature.clone(),
+                device,
+                created_ms,
+                expires_ms,
+                policy,
+                active,
+                replaced_session_id: None,
+            }
+        };
+        let row = |session_id: &str, token_hash: &str, device: Option<String>, created_ms, expires_ms| SessionRow {
+            session_id: session_id.to_owned(),
+            license_id: license.id.to_string(),
+            feature: req.feature.to_string(),
+            user_id: req.user.to_string(),
+            device_id: device,
+            token_hash: token_hash.to_owned(),
+            idempotency_key: idem.map(str::to_owned),
+            metadata: req.metadata.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()),
+            status: ACTIVE.into(),
+            created_at_ms: created_ms,
+            last_heartbeat_at_ms: created_ms,
+            expires_at_ms: expires_ms,
+            ended_at_ms: None,
+        };
+        let device = req.device.as_ref().map(|d| d.to_string());
         match outcome {
-            CreateOutcome::Admitted { now_ms, expires_ms, active, replaced, evicted } => {
-                let row = SessionRow {
-                    session_id: session_id.clone(),
-                    license_id: license.id.to_string(),
-                    feature: req.feature.to_string(),
-                    user_id: req.user.to_string(),
-                    device_id: req.device.as_ref().map(|d| d.to_string()),
-                    token_hash: token_hash.clone(),
-                    idempotency_key: req.idempotency_key.as_ref().map(|k| k.to_string()),
-                    metadata: req.metadata.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()),
-                    status: ACTIVE.into(),
-                    created_at_ms: now_ms,
-                    last_heartbeat_at_ms: now_ms,
-                    expires_at_ms: expires_ms,
-                    ended_at_ms: None,
-                };
-                let ends: Vec<SessionEnd> =
-                    [(replaced.as_ref(), EndReason::Replaced), (evicted.as_ref(), EndReason::Evicted)]
-                        .into_iter()
-                        .filter_map(|(sid, reason)| {
-                            sid.map(|sid| SessionEnd {
-                                session_id: sid.clone(),
-                                reason,
-                                ended_at_ms: now_ms,
-                                last_heartbeat_at_ms: None,
-                            })
-                        })
-                        .collect();
-                if let Err(e) = self.ledger.insert_session(&row, &ends).await {
-                    // Nothing half-done: the seat goes back before the client hears of the failure.
-                    if let Err(release) = self.seats.release(&slot, &session_id, seat.idempotency_key).await {
-                        tracing::error!(error = %release, session_id, "could not release a seat after a failed ledger write; its lease runs out on its own");
+            CreateOutcome::Admitted {
+                now_ms,
+                expires_ms,
+                active,
+                replaced,
+                evicted,
+                limit,
+                heartbeat_interval_seconds,
+            } => {
+                let ends: Vec<SessionEnd> = replaced
+                    .iter()
+                    .map(|sid| (sid, EndReason::Replaced))
+                    .chain(evicted.iter().map(|sid| (sid, EndReason::Evicted)))
+                    .map(|(sid, reason)| SessionEnd {
+                        session_id: sid.clone(),
+                        reason,
+                        ended_at_ms: now_ms,
+                        last_heartbeat_at_ms: None,
+                    })
+                    .collect();
+                let row = row(&session_id, &minted.hash, device.clone(), now_ms, expires_ms);
+                let written = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.ledger.insert_session(&row, &ends))
+                    .await
+                    .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
+                if let Err(e) = written {
+                    // Nothing half-done: the seat goes back, and the sessions this create ended come
+                    // back as they were, before the client hears of the failure.
+                    let victims: Vec<String> = ends.into_iter().map(|e| e.session_id).collect();
+                    if let Err(release) = self.seats.release(&slot, &session_id, idem, now_ms, &victims).await {
+                        tracing::error!(error = %release, session_id, "could not undo a create after a failed ledger write; its lease runs out on its own");
                     }
                     return Err(e);
                 }
                 Ok(Session {
-                    created_ms: now_ms,
-                    expires_ms,
-                    active,
-                    replaced_session_id: replaced,
-                    ..base(false, session_token, session_id)
+                    replaced_session_id: replaced.into_iter().next(),
+                    ..session(
+                        false,
+                        minted.token,
+                        session_id,
+                        device,
+                        now_ms,
+                        expires_ms,
+                        active,
+                        limit,
+                        heartbeat_interval_seconds,
+                    )
                 })
             }
-            CreateOutcome::Replay { session_id, token, created_ms, expires_ms, device, active } => {
-                Ok(Session { created_ms, expires_ms, active, device, ..base(true, token, session_id) })
+            CreateOutcome::Replay {
+                session_id,
+                sealed_secret,
+                created_ms,
+                expires_ms,
+                device,
+                active,
+                limit,
+                heartbeat_interval_seconds,
+            } => {
+                let secret = token::seal(&sealed_secret, license_key, &slot, idem.unwrap_or(""), &session_id);
+                let replayed = token::session_token(&slot, &session_id, secret);
+                // The create this repeats may not be in the ledger yet (still in flight, or its
+                // process died in between): answer only for a session the ledger holds.
+                if self.ledger.session(&session_id).await?.is_none() {
+                    let row = row(&session_id, &replayed.hash, device.clone(), created_ms, expires_ms);
+                    self.ledger.insert_session(&row, &[]).await?;
+                }
+                Ok(session(
+                    true,
+                    replayed.token,
+                    session_id,
+                    device,
+                    created_ms,
+                    expires_ms,
+                    active,
+                    limit,
+                    heartbeat_interval_seconds,
+                ))
             }
             CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
                 // The refusal is a statistic, not a state change: the client hears 409 without
@@ -222,8 +289,19 @@ impl Service {
                 "idempotencyKey",
                 "idempotencyKey was already used by another user of this license and feature",
             )),
+            CreateOutcome::Revoked => Err(not_found()),
             CreateOutcome::Rebuild => Err(Error::seat_store("the seat store could not be rebuilt")),
         }
+    }
+
+    /// The admission script, once more after rebuilding a slot that lost its data.
+    async fn admit(&self, slot: &Slot, policy: Versioned<'_>, seat: &NewSeat<'_>) -> Result<CreateOutcome> {
+        let outcome = self.seats.create(slot, policy, seat).await?;
+        if !matches!(outcome, CreateOutcome::Rebuild) {
+            return Ok(outcome);
+        }
+        self.rebuild(slot).await?;
+        self.seats.create(slot, policy, seat).await
     }
 
     pub async fn heartbeat(&self, session_token: &str) -> Result<Renewed> {
@@ -241,7 +319,7 @@ impl Service {
             }
             HeartbeatOutcome::Gone(reason) => Err(Error::SessionExpired { reason }),
             HeartbeatOutcome::Unknown | HeartbeatOutcome::Rebuild => {
-                Err(match self.ended_in_ledger(&claims.session_id, &token_hash).await {
+                Err(match self.ended_in_ledger(&claims.session_id, &token_hash).await? {
                     Some(reason) => Error::SessionExpired { reason },
                     None => Error::Unauthorized("unknown session token"),
                 })
@@ -271,7 +349,7 @@ impl Service {
                 Ok(Cleanup { ended: true, reason: None })
             }
             EndOutcome::Over(reason) => Ok(Cleanup { ended: false, reason: Some(reason) }),
-            EndOutcome::Unknown | EndOutcome::Rebuild => match self.ended_in_ledger(sid, &token_hash).await {
+            EndOutcome::Unknown | EndOutcome::Rebuild => match self.ended_in_ledger(sid, &token_hash).await? {
                 Some(reason) => Ok(Cleanup { ended: false, reason: Some(reason) }),
                 None => Err(Error::Unauthorized("unknown session token")),
             },
@@ -287,25 +365,20 @@ impl Service {
     }
 
     /// For a token the seat store no longer knows: why its session is over, if the ledger knows it.
-    async fn ended_in_ledger(&self, session_id: &str, token_hash: &str) -> Option<EndReason> {
-        match self.ledger.session(session_id).await {
-            Ok(Some(row)) if token::secrets_equal(&row.token_hash, token_hash) => {
+    /// A ledger that cannot answer is a 503, never a 401: the token may well be valid.
+    async fn ended_in_ledger(&self, session_id: &str, token_hash: &str) -> Result<Option<EndReason>> {
+        Ok(match self.ledger.session(session_id).await? {
+            Some(row) if token::secrets_equal(&row.token_hash, token_hash) => {
                 Some(EndReason::parse(&row.status).unwrap_or(EndReason::Expired))
             }
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "ledger unavailable while looking up an unknown session token");
-                None
-            }
-        }
+            _ => None,
+        })
     }
 
     /// Restores a slot that lost its data (or never had any) from the ledger's live sessions.
     pub async fn rebuild(&self, slot: &Slot) -> Result<u64> {
-        let license = self.ledger.license(&slot.license).await?;
-        let Some(policy) = license.and_then(|l| l.features.get(&slot.feature).cloned()) else {
-            return Ok(0);
-        };
+        let Some(license) = self.ledger.license(&slot.license).await? else { return Ok(0) };
+        let Some(policy) = license.features.get(&slot.feature) else { return Ok(0) };
         let seats: Vec<RebuildSeat> = self
             .ledger
             .active_sessions(slot)
@@ -320,7 +393,7 @@ impl Service {
                 last_heartbeat_ms: r.last_heartbeat_at_ms,
             })
             .collect();
-        let restored = self.seats.rebuild(slot, &policy, &seats).await?;
+        let restored = self.seats.rebuild(slot, Versioned { policy, version: license.version }, &seats).await?;
         if restored > 0 {
             tracing::warn!(license = %slot.license, feature = %slot.feature, restored, "seat store slot rebuilt from the ledger");
         }
@@ -350,13 +423,65 @@ impl Service {
         let key_hash = input.key.as_deref().or(generated_key.as_deref()).map(token::hash_secret);
         let now = crate::domain::now_ms();
         let written = self.ledger.put_license(&id, key_hash.as_deref(), &features, now).await?;
+        // A removed feature's sessions end now; if a store fails, the sweep finishes the job.
+        for feature in &written.removed {
+            let slot = Slot { license: id.clone(), feature: feature.clone() };
+            if let Err(e) = self.revoke_slot(&slot).await {
+                tracing::warn!(error = %e, %feature, "a removed feature's sessions are not all ended yet; the sweep ends them");
+            }
+        }
+        let version = written.license.version;
         for (feature, policy) in &written.license.features {
             let slot = Slot { license: id.clone(), feature: feature.clone() };
-            if let Err(e) = self.seats.set_policy(&slot, policy).await {
+            let applied = match self.seats.set_policy(&slot, Versioned { policy, version }).await {
+                // Put back before the sweep finished its removal: the old sessions end first.
+                Ok(PolicyApplied::RevocationPending) => self.revoke_slot(&slot).await.map(drop),
+                other => other.map(drop),
+            };
+            if let Err(e) = applied {
                 tracing::warn!(error = %e, %feature, "seat store did not take the new policy now; the next create applies it");
             }
         }
         Ok(LicenseWritten { created: written.created, license: written.license, generated_key })
+    }
+
+    /// Ends every session of a slot whose feature was removed (reason `revoked`), in the seat store
+    /// and then the ledger, and drops the slot from the seat store. Returns how many rows it ended.
+    pub(crate) async fn revoke_slot(&self, slot: &Slot) -> Result<u64> {
+        let mut ended = 0;
+        loop {
+            let batch = self.seats.revoke(slot, REVOKE_BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let at = crate::domain::now_ms();
+            let ends: Vec<SessionEnd> = batch
+                .into_iter()
+                .map(|(session_id, hb)| SessionEnd {
+                    session_id,
+                    reason: EndReason::Revoked,
+                    ended_at_ms: at,
+                    last_heartbeat_at_ms: Some(hb),
+                })
+                .collect();
+            ended += self.ledger.end_sessions(&ends).await?.len() as u64;
+        }
+        // Rows whose seat had already gone (or never came): the feature is gone, so are they.
+        let at = crate::domain::now_ms();
+        let rest: Vec<SessionEnd> = self
+            .ledger
+            .active_sessions(slot)
+            .await?
+            .into_iter()
+            .map(|r| SessionEnd {
+                session_id: r.session_id,
+                reason: EndReason::Revoked,
+                ended_at_ms: at,
+                last_heartbeat_at_ms: None,
+            })
+            .collect();
+        ended += self.ledger.end_sessions(&rest).await?.len() as u64;
+        Ok(ended)
     }
 
     pub async fn get_license(&self, id: Ident) -> Result<License> {

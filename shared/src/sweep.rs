@@ -1,11 +1,18 @@
 //! The sweep: records leases that ran out as `expired` in the ledger, removes orphans both ways,
-//! rebuilds slots that lost their data, and writes heartbeat times back to the ledger.
+//! rebuilds slots that lost their data, ends the sessions of removed features, and writes
+//! heartbeat times back to the ledger.
 //!
 //! Cost follows what is due: each slot's leases are indexed by expiry in Redis, so the expiry pass
 //! reads only due leases. Reconciliation compares a slot's lease count with its ledger count and
 //! reads the slot member by member only when they differ, or when asked for a full pass (the admin
 //! route and `seatkeeper sweep --full`). Every step is idempotent and ordered ledger-first, so two
 //! sweeps at once, or one killed halfway, leave what the next run finishes.
+//!
+//! Housekeeping never ends a live session: creates, heartbeats and ends run beside it, so the two
+//! reads it compares are never one instant. It acts on a difference only once the store that
+//! decides has confirmed it at the moment of acting: a seat goes only if the ledger has recorded
+//! its end, or has had no row for it for longer than any create takes to write one; a ledger row
+//! ends only if the seat store, asked again, has no lease for it.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -15,14 +22,17 @@ use serde::Serialize;
 
 use crate::domain::{EndReason, Ident, Slot};
 use crate::error::Result;
-use crate::ledger::SessionEnd;
+use crate::ledger::{SessionEnd, SlotEntry, ACTIVE};
+use crate::seats::{EndOutcome, Record};
 use crate::service::Service;
 
 /// Due leases handled per round trip.
 const BATCH: usize = 500;
 /// Slots swept at once.
 const SLOTS_AT_ONCE: usize = 4;
-/// A seat younger than this may still be waiting for its ledger row (a create in flight).
+/// A seat younger than this may still be waiting for its ledger row (a create in flight waits at
+/// most `LEDGER_WRITE_TIMEOUT` for it); likewise a removed feature's slot is forgotten only this
+/// long after its removal, once no create that read the old license can still write a row.
 const ORPHAN_GRACE_MS: i64 = 30_000;
 
 /// What to sweep.
@@ -103,12 +113,19 @@ impl Service {
     /// Runs one sweep over the slots in `scope`. A slot whose store fails is counted and skipped.
     pub async fn sweep(&self, scope: &SweepScope) -> Result<SweepReport> {
         let started = Instant::now();
-        let slots = self.ledger.slots().await?;
+        let mut slots = self.ledger.slots().await?;
+        if scope.full {
+            // Sessions of a slot no license names any more (a license removed some other way):
+            // nothing active is ever out of the sweep's sight.
+            let known: HashSet<Slot> = slots.iter().map(|e| e.slot.clone()).collect();
+            let lost = self.ledger.active_slots().await?.into_iter().filter(|s| !known.contains(s));
+            slots.extend(lost.map(|slot| SlotEntry { slot, removed_at_ms: Some(0) }).collect::<Vec<_>>());
+        }
         let mut in_scope = slots
             .iter()
-            .filter(|s| {
-                scope.license.as_ref().is_none_or(|l| *l == s.license)
-                    && scope.feature.as_ref().is_none_or(|f| *f == s.feature)
+            .filter(|e| {
+                scope.license.as_ref().is_none_or(|l| *l == e.slot.license)
+                    && scope.feature.as_ref().is_none_or(|f| *f == e.slot.feature)
             })
             .collect::<Vec<_>>()
             .into_iter();
@@ -130,9 +147,14 @@ impl Service {
     }
 
     /// One slot's sweep, its failure counted rather than raised.
-    async fn sweep_one(&self, slot: &Slot, scope: &SweepScope) -> SweepReport {
+    async fn sweep_one(&self, entry: &SlotEntry, scope: &SweepScope) -> SweepReport {
+        let slot = &entry.slot;
         let mut r = SweepReport { slots: 1, ..Default::default() };
-        if let Err(e) = self.sweep_slot(slot, scope, &mut r).await {
+        let swept = match entry.removed_at_ms {
+            Some(removed_at) => self.sweep_removed(slot, removed_at, &mut r).await,
+            None => self.sweep_slot(slot, scope, &mut r).await,
+        };
+        if let Err(e) = swept {
             r.failed_slots += 1;
             tracing::warn!(license = %slot.license, feature = %slot.feature, error = %e, "slot not swept");
         }
@@ -166,12 +188,17 @@ impl Service {
 
         // 2. Reconciliation: a slot that lost its data is rebuilt; otherwise two counts decide
         //    whether the slot needs reading member by member.
-        let (initialized, leases) = self.seats.slot_size(slot).await?;
-        if !initialized {
+        let size = self.seats.slot_size(slot).await?;
+        if !size.initialized {
             report.repaired += self.rebuild(slot).await?;
             return Ok(());
         }
-        if !scope.full && self.ledger.count_active(slot).await? == leases {
+        if size.revoked {
+            // The feature was removed and put back before its sessions were all ended.
+            report.repaired += self.revoke_slot(slot).await?;
+            return Ok(());
+        }
+        if !scope.full && self.ledger.count_active(slot).await? == size.leases {
             return Ok(());
         }
         let snapshot = self.seats.snapshot(slot).await?;
@@ -181,18 +208,18 @@ impl Service {
             rows.iter().map(|r| (r.session_id.as_str(), r)).collect();
         let in_store: HashSet<&str> = snapshot.entries.iter().map(|e| e.session_id.as_str()).collect();
 
-        // Seats the ledger does not hold active.
+        // Seats the ledger did not hold active when it was read. Its row may have been written
+        // since (a create in flight): only the ledger's own answer now decides.
         for entry in snapshot.entries.iter().filter(|e| !in_ledger.contains_key(e.session_id.as_str())) {
             if !for_user(entry.user.as_deref()) {
                 continue;
             }
             match self.ledger.session(&entry.session_id).await? {
+                Some(row) if row.status == ACTIVE => {}
                 Some(row) => {
                     // The ledger recorded an end the seat store missed: end the seat the same way.
                     let reason = EndReason::parse(&row.status).unwrap_or(EndReason::Expired);
-                    if let crate::seats::EndOutcome::Ended { .. } =
-                        self.seats.end(slot, &entry.session_id, None, reason).await?
-                    {
+                    if let EndOutcome::Ended { .. } = self.seats.end(slot, &entry.session_id, None, reason).await? {
                         report.repaired += 1;
                     }
                 }
@@ -205,18 +232,21 @@ impl Service {
             }
         }
 
-        // Active ledger rows with no seat: copy the end the seat store knows, or end the orphan.
+        // Active ledger rows with no seat when the store was read. The seat may have been admitted
+        // since: only the seat store's own answer now decides. Copy the end it knows; end the row
+        // only when the store has no trace of the session at all.
         let mut ends = Vec::new();
         let mut orphans = HashSet::new();
         for row in rows.iter().filter(|r| !in_store.contains(r.session_id.as_str()) && for_user(Some(&r.user_id))) {
             match self.seats.record(slot, &row.session_id).await? {
-                Some(rec) if rec.reason.is_some() => ends.push(SessionEnd {
+                Record::Leased | Record::SlotLost => {}
+                Record::Over { reason, ended_ms, last_heartbeat_ms } => ends.push(SessionEnd {
                     session_id: row.session_id.clone(),
-                    reason: rec.reason.unwrap_or(EndReason::Expired),
-                    ended_at_ms: rec.ended_ms.unwrap_or(snapshot.now_ms),
-                    last_heartbeat_at_ms: rec.last_heartbeat_ms,
+                    reason,
+                    ended_at_ms: ended_ms.unwrap_or(snapshot.now_ms),
+                    last_heartbeat_at_ms: last_heartbeat_ms,
                 }),
-                _ => {
+                Record::Unknown => {
                     orphans.insert(row.session_id.clone());
                     ends.push(SessionEnd {
                         session_id: row.session_id.clone(),
@@ -247,6 +277,16 @@ impl Service {
             })
             .collect();
         report.heartbeats_written += self.ledger.write_heartbeats(&beats).await?;
+        Ok(())
+    }
+
+    /// A slot whose feature was removed: its sessions end (`revoked`), and once no create that
+    /// read the old license can still add one, the slot is forgotten.
+    async fn sweep_removed(&self, slot: &Slot, removed_at_ms: i64, report: &mut SweepReport) -> Result<()> {
+        report.repaired += self.revoke_slot(slot).await?;
+        if crate::domain::now_ms() - removed_at_ms > ORPHAN_GRACE_MS {
+            self.ledger.forget_removed_feature(slot).await?;
+        }
         Ok(())
     }
 }

@@ -24,12 +24,48 @@ pub fn new_session_id() -> String {
     hex(&random_bytes::<16>())
 }
 
-/// Mints a token for a session; returns the token and its hash.
-pub fn mint_session_token(slot: &Slot, session_id: &str) -> (String, String) {
+/// A session token: its text, its hash (what the stores keep) and its 256-bit secret.
+pub struct MintedToken {
+    pub token: String,
+    pub hash: String,
+    pub secret: [u8; 32],
+}
+
+/// Mints a token for a session.
+pub fn mint_session_token(slot: &Slot, session_id: &str) -> MintedToken {
+    session_token(slot, session_id, random_bytes::<32>())
+}
+
+/// The token of a session with a given secret (a replayed create gives the same token back).
+pub fn session_token(slot: &Slot, session_id: &str, secret: [u8; 32]) -> MintedToken {
     let prefix = format!("{}/{}/{}", slot.license, slot.feature, session_id);
-    let token = format!("{}.{}", URL_SAFE_NO_PAD.encode(prefix), URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
+    let token = format!("{}.{}", URL_SAFE_NO_PAD.encode(prefix), URL_SAFE_NO_PAD.encode(secret));
     let hash = hash_secret(&token);
-    (token, hash)
+    MintedToken { token, hash, secret }
+}
+
+/// Seals (or, applied again, unseals) a token secret for the idempotency record in Redis: XOR with
+/// a pad derived from the license key, which Redis never holds, and the record's own identity. A
+/// replay of the create presents the same license key and idempotency key and gets the same token;
+/// the record alone is useless as a credential.
+pub fn seal(secret: &[u8; 32], license_key: &str, slot: &Slot, idempotency_key: &str, session_id: &str) -> [u8; 32] {
+    let pad = Sha256::new()
+        .chain_update(b"seatkeeper idempotency record v1\0")
+        .chain_update(license_key.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(slot.license.as_str().as_bytes())
+        .chain_update(b"/")
+        .chain_update(slot.feature.as_str().as_bytes())
+        .chain_update(b"\0")
+        .chain_update(idempotency_key.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(session_id.as_bytes())
+        .finalize();
+    let mut out = [0u8; 32];
+    for (o, (a, b)) in out.iter_mut().zip(secret.iter().zip(pad.iter())) {
+        *o = a ^ b;
+    }
+    out
 }
 
 /// Reads the routing part of a token. `None` for anything that is not a well-formed token.
@@ -96,19 +132,31 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_are_unique() {
         let sid = new_session_id();
-        let (t1, h1) = mint_session_token(&slot(), &sid);
-        let (t2, h2) = mint_session_token(&slot(), &sid);
-        assert_ne!(t1, t2);
-        assert_ne!(h1, h2);
-        assert_eq!(h1, hash_secret(&t1));
-        let claims = parse_session_token(&t1).unwrap();
+        let a = mint_session_token(&slot(), &sid);
+        let b = mint_session_token(&slot(), &sid);
+        assert_ne!(a.token, b.token);
+        assert_ne!(a.hash, b.hash);
+        assert_eq!(a.hash, hash_secret(&a.token));
+        let claims = parse_session_token(&a.token).unwrap();
         assert_eq!(claims.slot, slot());
         assert_eq!(claims.session_id, sid);
+        assert_eq!(session_token(&slot(), &sid, a.secret).token, a.token);
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_the_same_inputs() {
+        let sid = new_session_id();
+        let t = mint_session_token(&slot(), &sid);
+        let sealed = seal(&t.secret, "key", &slot(), "idem", &sid);
+        assert_ne!(sealed, t.secret);
+        assert_eq!(seal(&sealed, "key", &slot(), "idem", &sid), t.secret);
+        assert_ne!(seal(&sealed, "other-key", &slot(), "idem", &sid), t.secret);
+        assert_ne!(seal(&sealed, "key", &slot(), "idem2", &sid), t.secret);
     }
 
     #[test]
     fn malformed_tokens_are_rejected() {
-        let (t, _) = mint_session_token(&slot(), &new_session_id());
+        let t = mint_session_token(&slot(), &new_session_id()).token;
         let (prefix, _) = t.split_once('.').unwrap();
         for bad in [
             "",

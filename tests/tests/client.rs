@@ -187,8 +187,8 @@ async fn cleanup_is_idempotent_by_header_and_by_body(b: Backend) {
     // Unknown tokens: garbage, and a well-formed token for a session that does not exist, and a
     // real session's routing part with a secret the service never issued.
     let slot = Slot { license: Ident::parse("l", &license).unwrap(), feature: Ident::parse("f", "f").unwrap() };
-    let (no_such_session, _) = token::mint_session_token(&slot, &token::new_session_id());
-    let (forged, _) = token::mint_session_token(&slot, &sid_of(&s1));
+    let no_such_session = token::mint_session_token(&slot, &token::new_session_id()).token;
+    let forged = token::mint_session_token(&slot, &sid_of(&s1)).token;
     for bad in ["garbage", "a.b", no_such_session.as_str(), forged.as_str()] {
         client_error(&format!("heartbeat {bad}"), &app.heartbeat(bad).await, 401, "unauthorized");
         client_error(&format!("cleanup {bad}"), &app.cleanup(bad).await, 401, "unauthorized");

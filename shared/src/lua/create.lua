@@ -1,104 +1,122 @@
--- Admits a session if a seat is free, atomically.
+-- Admits a session if a seat is free, atomically. Costs the same whatever the slot's size: counts
+-- from the lease index, one user's sessions from the user index.
 -- KEYS: leases, cfg, sessions, idempotency key (a placeholder when none)
 -- ARGV: prefix, sid, user, device ('' none), token hash, idempotency key ('' none), idempotency value,
---       limit, per_user (0 none), ttl ms, heartbeat s, resurrect window ms, on_limit, retention ms
+--       limit, per_user (0 none), ttl ms, hb s, res ms, on_limit, policy version, retention ms,
+--       deadline ms on the server's clock (0 none)
 local leases, cfg, idem = KEYS[1], KEYS[2], KEYS[4]
 local prefix, sid, user, device = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local limit, per_user = tonumber(ARGV[8]), tonumber(ARGV[9])
-local ttl, retention = tonumber(ARGV[10]), tonumber(ARGV[14])
+local retention = tonumber(ARGV[15])
 
 if redis.call('EXISTS', cfg) == 0 then
   return {'rebuild'}
 end
 local now = now_ms()
-redis.call('HSET', cfg, 'limit', ARGV[8], 'per_user', ARGV[9], 'ttl', ARGV[10], 'hb', ARGV[11], 'res', ARGV[12])
+-- The caller stops waiting at its deadline and answers 503: a script that runs later changes nothing.
+if tonumber(ARGV[16]) > 0 and now > tonumber(ARGV[16]) then
+  return {'late'}
+end
+local p = apply_policy(cfg, {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]})
+if p.revoked then
+  return {'revoked'}
+end
 
 if ARGV[6] ~= '' then
   local prior = redis.call('GET', idem)
   if prior then
-    local psid, ptoken, puser = string.match(prior, '^([^\n]*)\n([^\n]*)\n(.*)$')
+    local psid, sealed, puser = string.sub(prior, 1, 32), string.sub(prior, 33, 64), string.sub(prior, 65)
     if puser ~= user then
       return {'idem_conflict'}
     end
     local r, over = find_session(prefix, cfg, psid, '')
-    local active = redis.call('ZCOUNT', leases, '(' .. s(now), '+inf')
-    if not r then
-      return {'replay', psid, ptoken, now, now, '', active}
+    if r then
+      local expiry = over and r[EXPIRY] or tonumber(redis.call('ZSCORE', leases, psid) or now)
+      return {'replay', psid, sealed, r[C], expiry, r[D], live_count(prefix, now, p.limit), p.limit, p.hb}
     end
-    local expiry = over and r[EXPIRY] or tonumber(redis.call('ZSCORE', leases, psid) or now)
-    return {'replay', psid, ptoken, r[C], expiry, r[D], active}
+    -- The session it named is gone without a trace: the key is free again.
+    redis.call('DEL', idem)
   end
 end
 
--- Device takeover and the per-user cap need each live session's owner: only then is the slot's
--- live set read whole. Otherwise a count and, at the limit, the oldest lease are enough.
-local live
-if device ~= '' or per_user > 0 then
-  live = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES')
-end
-
--- Device takeover: a live session of the same user and device gives its seat to this one.
-local replaced, replaced_rec = false, nil
-if device ~= '' then
-  for i = 1, #live, 2 do
-    local r = get_live(prefix, live[i])
-    if r and r[U] == user and r[D] == device then
-      replaced, replaced_rec = live[i], r
-      break
+-- One user's sessions: device takeover (a live or still resurrectable session of the same user
+-- and device gives its seat to this one) and the per-user cap.
+local replaced, replaced_live = {}, 0
+local mine, soonest = 0, nil
+if device ~= '' or p.per_user > 0 then
+  for _, x in ipairs(user_sids(prefix, user)) do
+    local e = tonumber(redis.call('ZSCORE', leases, x) or '0')
+    local r = device ~= '' and get_live(prefix, x) or nil
+    if r and r[D] == device and (e > now or now - e < p.res) then
+      replaced[#replaced + 1] = {x, r, e}
+      if e > now then
+        replaced_live = replaced_live + 1
+      end
+    elseif e > now then
+      mine = mine + 1
+      if not soonest or e < soonest then
+        soonest = e
+      end
     end
   end
 end
+if p.per_user > 0 and mine >= p.per_user then
+  return {'limit', 'user', p.per_user, mine, soonest - now}
+end
 
-if per_user > 0 then
-  local n, soonest = user_live(prefix, live, user, replaced)
-  if n >= per_user then
-    return {'limit', 'user', per_user, n, soonest - now}
+local active = live_count(prefix, now, p.limit) - replaced_live
+local evicted = ''
+if active >= p.limit then
+  local is_replaced = {}
+  for _, v in ipairs(replaced) do
+    is_replaced[v[1]] = true
   end
-end
-
-local active
-if live then
-  active = #live / 2
-else
-  active = redis.call('ZCOUNT', leases, '(' .. s(now), '+inf')
-end
-if replaced then
-  active = active - 1
-end
-
-local evicted = false
-if active >= limit then
-  -- The least recently renewed live session has the lowest expiry (the one being replaced aside).
+  -- The least recently renewed live session: a restored one that never heartbeated since, else
+  -- the lowest lease expiry (the sessions being replaced aside).
   local oldest, oldest_exp = false, false
-  local first = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
-  for i = 1, #first, 2 do
-    if first[i] ~= replaced then
-      oldest, oldest_exp = first[i], tonumber(first[i + 1])
+  for _, key in ipairs({prefix .. 'prov', leases}) do
+    local first = redis.call('ZRANGEBYSCORE', key, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, #replaced + 1)
+    for i = 1, #first, 2 do
+      if not is_replaced[first[i]] then
+        oldest, oldest_exp = first[i], tonumber(first[i + 1])
+        break
+      end
+    end
+    if oldest then
       break
     end
   end
   -- Evict only when that makes room: lowering a limit never cuts sessions to below it.
-  if ARGV[13] == 'evict_idle' and oldest and active == limit then
-    end_session(prefix, oldest, get_live(prefix, oldest), 'evicted', now, oldest_exp, retention)
+  if p.on_limit == 'evict_idle' and oldest and active == p.limit then
+    local victim = get_live(prefix, oldest)
+    if victim then
+      end_session(prefix, oldest, victim, 'evicted', now, oldest_exp, retention)
+    else
+      redis.call('ZREM', leases, oldest)
+      redis.call('ZREM', prefix .. 'prov', oldest)
+    end
     evicted = oldest
     active = active - 1
   else
-    local wait = ttl
-    if oldest then
-      wait = oldest_exp - now
+    local first = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    local wait = p.ttl
+    if #first > 0 then
+      wait = tonumber(first[2]) - now
     end
-    return {'limit', 'license', limit, active, wait}
+    return {'limit', 'license', p.limit, active, wait}
   end
 end
 
-if replaced then
-  end_session(prefix, replaced, replaced_rec, 'replaced', now, tonumber(redis.call('ZSCORE', leases, replaced)), retention)
+local ids = {}
+for _, v in ipairs(replaced) do
+  end_session(prefix, v[1], v[2], 'replaced', now, v[3], retention)
+  ids[#ids + 1] = v[1]
 end
 
-local exp = now + ttl
+local exp = now + p.ttl
 put_live(prefix, sid, {user, device, ARGV[5], now, now})
 redis.call('ZADD', leases, s(exp), sid)
+user_add(prefix, user, sid)
 if ARGV[6] ~= '' then
-  redis.call('SET', idem, ARGV[7], 'PX', ARGV[10])
+  redis.call('SET', idem, ARGV[7], 'PX', s(p.ttl))
 end
-return {'ok', now, exp, active + 1, replaced or '', evicted or ''}
+return {'ok', now, exp, active + 1, table.concat(ids, ','), evicted, p.limit, p.hb}

@@ -10,10 +10,11 @@ if over then
 end
 local now = now_ms()
 local e = tonumber(redis.call('ZSCORE', leases, sid) or 0)
--- A lease that ran out is the sweep's to record, except for an admin's force-end: that also
--- closes a lease still inside its resurrect window, so nothing the admin ended comes back.
-if e <= now and ARGV[4] ~= 'force_ended' then
+local res = tonumber(redis.call('HGET', cfg, 'res') or '0')
+-- A lease that ran out beyond its resurrect window expired: the sweep records it. One that could
+-- still be revived ends here, so a logout sticks; an admin's force-end ends it whatever its state.
+if e <= now and now - e >= res and ARGV[4] ~= 'force_ended' then
   return {'over', 'expired'}
 end
-end_session(prefix, sid, r, ARGV[4], now, math.min(e, now), tonumber(ARGV[5]))
+end_session(prefix, sid, r, ARGV[4], now, e, tonumber(ARGV[5]))
 return {'ended', now, r[H]}

@@ -12,6 +12,7 @@ for i = 3, #ARGV do
       end_session(ARGV[1], ARGV[i], r, 'expired', tonumber(score), tonumber(score), tonumber(ARGV[2]))
     else
       redis.call('ZREM', KEYS[1], ARGV[i])
+      redis.call('ZREM', ARGV[1] .. 'prov', ARGV[i])
     end
     n = n + 1
   end

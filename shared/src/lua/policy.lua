@@ -1,7 +1,12 @@
--- Applies a changed feature policy to a live slot (a slot without cfg waits for its rebuild).
--- KEYS: cfg. ARGV: limit, per_user, ttl ms, hb s, res ms
+-- Applies a changed feature policy to a live slot unless it holds a newer one (a slot without cfg
+-- waits for its rebuild). Replies 'revoked' while the slot still holds sessions of the feature's
+-- removal: the caller finishes the revocation first.
+-- KEYS: cfg. ARGV: limit, per_user, ttl ms, hb s, res ms, on_limit, version
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+  return 'absent'
 end
-redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'ttl', ARGV[3], 'hb', ARGV[4], 'res', ARGV[5])
-return 1
+if redis.call('HEXISTS', KEYS[1], 'revoked') == 1 then
+  return 'revoked'
+end
+apply_policy(KEYS[1], ARGV)
+return 'ok'

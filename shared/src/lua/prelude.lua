@@ -9,12 +9,22 @@
 --   sessions  hash: session id -> msgpack [user, device, token hash (16 bytes), created ms,
 --             last heartbeat ms], for every session with a lease entry. One field per session, no
 --             key of its own: small slots stay in Redis's compact encodings.
+--   u         hash: user -> the ids (32 characters each, concatenated) of that user's sessions with
+--             a lease entry: per-user caps and device takeover read one user's sessions, never the
+--             slot's, so a create costs the same at 10 live leases and at 10,000.
+--   prov      sorted set: session id -> lease expiry, for sessions restored by a rebuild that have
+--             not heartbeated since. They hold their seats against new creates, but only as many
+--             as the limit allows are confirmed, first come first served, by their next heartbeat.
 --   x:<id>    string: msgpack [user, device, token hash, created, last heartbeat, reason, ended ms,
---             expiry ms] of a session that is over, kept `retention` ms so late calls learn why
---             and the sweep can copy an end the ledger missed.
---   cfg       hash: the feature policy (limit, per_user, ttl, hb, res). Its absence means this slot
---             lost its data (or never had any): every script then asks for a rebuild from the ledger.
---   i:<key>   string: an idempotency key -> "session id \n token \n user", for one lease length.
+--             lease expiry ms] of a session that is over, kept `retention` ms so late calls learn
+--             why and the sweep can copy an end the ledger missed.
+--   cfg       hash: the feature policy (limit, per_user, ttl, hb, res, on_limit) and its version
+--             `ver` (only a newer version overwrites it); `revoked` once the feature was removed.
+--             Its absence means this slot lost its data (or never had any): every script then asks
+--             for a rebuild from the ledger.
+--   i:<key>   string: an idempotency key -> session id (32) .. sealed token secret (32 bytes) ..
+--             user, for one lease length. The secret is sealed with the license key, which Redis
+--             never sees: nothing in Redis can be used as a credential.
 
 local U, D, TH, C, H, REASON, ENDED, EXPIRY = 1, 2, 3, 4, 5, 6, 7, 8
 
@@ -41,10 +51,73 @@ local function put_live(prefix, sid, r)
   redis.call('HSET', prefix .. 'sessions', sid, cmsgpack.pack({r[U], r[D], r[TH], r[C], r[H]}))
 end
 
--- Ends a session: frees its seat at once and keeps its record, with the reason, for `retention`.
+-- The ids of a user's sessions that hold a lease entry.
+local function user_sids(prefix, user)
+  local v = redis.call('HGET', prefix .. 'u', user)
+  local out = {}
+  if v then
+    for i = 1, #v, 32 do
+      out[#out + 1] = string.sub(v, i, i + 31)
+    end
+  end
+  return out
+end
+
+local function user_add(prefix, user, sid)
+  redis.call('HSET', prefix .. 'u', user, (redis.call('HGET', prefix .. 'u', user) or '') .. sid)
+end
+
+local function user_del(prefix, user, sid)
+  local kept = {}
+  for _, x in ipairs(user_sids(prefix, user)) do
+    if x ~= sid then
+      kept[#kept + 1] = x
+    end
+  end
+  if #kept == 0 then
+    redis.call('HDEL', prefix .. 'u', user)
+  else
+    redis.call('HSET', prefix .. 'u', user, table.concat(kept))
+  end
+end
+
+-- Seats taken at `now`: live leases, where restored sessions not yet confirmed by a heartbeat
+-- hold at most the seats the confirmed ones leave free.
+local function live_count(prefix, now, limit)
+  local total = redis.call('ZCOUNT', prefix .. 'leases', '(' .. s(now), '+inf')
+  local p = redis.call('ZCOUNT', prefix .. 'prov', '(' .. s(now), '+inf')
+  if p == 0 then
+    return total
+  end
+  local confirmed = total - p
+  return confirmed + math.min(p, math.max(0, limit - confirmed))
+end
+
+-- A user's live sessions, not counting `except`: how many, and the soonest expiry among them.
+-- Reads that user's sessions only.
+local function user_live(prefix, user, now, except)
+  local n, soonest = 0, nil
+  for _, x in ipairs(user_sids(prefix, user)) do
+    if x ~= except then
+      local e = tonumber(redis.call('ZSCORE', prefix .. 'leases', x) or '0')
+      if e > now then
+        n = n + 1
+        if not soonest or e < soonest then
+          soonest = e
+        end
+      end
+    end
+  end
+  return n, soonest
+end
+
+-- Ends a session: frees its seat at once and keeps its record, with the reason and its lease
+-- expiry, for `retention`.
 local function end_session(prefix, sid, r, reason, at, expiry, retention)
   redis.call('ZREM', prefix .. 'leases', sid)
+  redis.call('ZREM', prefix .. 'prov', sid)
   redis.call('HDEL', prefix .. 'sessions', sid)
+  user_del(prefix, r[U], sid)
   redis.call('SET', prefix .. 'x:' .. sid, cmsgpack.pack({r[U], r[D], r[TH], r[C], r[H], reason, at, expiry}),
     'PX', s(retention))
 end
@@ -72,20 +145,16 @@ local function find_session(prefix, cfg, sid, token_hash)
   return r, over
 end
 
--- Live sessions of `user` (flat id/score list from ZRANGEBYSCORE WITHSCORES), not counting `except`:
--- how many, and the soonest expiry among them.
-local function user_live(prefix, live, user, except)
-  local n, soonest = 0, nil
-  for i = 1, #live, 2 do
-    if live[i] ~= except then
-      local r = get_live(prefix, live[i])
-      if r and r[U] == user then
-        n = n + 1
-        if not soonest then
-          soonest = tonumber(live[i + 1])
-        end
-      end
-    end
+-- Writes a policy into cfg unless cfg already holds a newer one (a create that read the license
+-- before a PUT must not write the old policy back). Returns the policy in force.
+-- `p`: limit, per_user, ttl ms, hb s, res ms, on_limit, version (strings).
+local function apply_policy(cfg, p)
+  local ver = redis.call('HGET', cfg, 'ver')
+  if not ver or tonumber(ver) < tonumber(p[7]) then
+    redis.call('HSET', cfg, 'limit', p[1], 'per_user', p[2], 'ttl', p[3], 'hb', p[4], 'res', p[5],
+      'on_limit', p[6], 'ver', p[7])
   end
-  return n, soonest
+  local c = redis.call('HMGET', cfg, 'limit', 'per_user', 'ttl', 'hb', 'res', 'on_limit', 'revoked')
+  return {limit = tonumber(c[1]), per_user = tonumber(c[2]), ttl = tonumber(c[3]), hb = tonumber(c[4]),
+    res = tonumber(c[5]), on_limit = c[6] or 'reject', revoked = c[7]}
 end

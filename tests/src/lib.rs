@@ -486,6 +486,49 @@ impl TestApp {
         redis::cmd("ZCARD").arg(format!("sk:{{{license}/{feature}}}:leases")).query_async(&mut c).await.unwrap()
     }
 
+    /// Moves a session's lease expiry to `ago_ms` before the Redis server's now, by hand: a lease
+    /// that ran out and has not been swept.
+    pub async fn lapse_seat(&self, license: &str, feature: &str, sid: &str, ago_ms: i64) {
+        const LAPSE: &str = "local t = redis.call('TIME') \
+            local past = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2]) \
+            return redis.call('ZADD', KEYS[1], 'XX', 'CH', string.format('%d', past), ARGV[1])";
+        let mut c = self.redis_conn().await;
+        let changed: i64 = redis::cmd("EVAL")
+            .arg(LAPSE)
+            .arg(1)
+            .arg(Self::seat_key(license, feature, "leases"))
+            .arg(sid)
+            .arg(ago_ms)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(changed, 1, "session {sid} had a lease to lapse");
+    }
+
+    /// Makes the ledger refuse new session rows (a trigger that raises), or accept them again:
+    /// a real database failing a create's write, after the license was read.
+    pub async fn fail_session_inserts(&self, fail: bool) {
+        let pool = self.db.pool().await;
+        let statements: &[&str] = match (self.db.backend, fail) {
+            (Backend::Sqlite, true) => {
+                &["CREATE TRIGGER sk_fail BEFORE INSERT ON sessions BEGIN SELECT RAISE(ABORT, 'injected fault'); END"]
+            }
+            (Backend::Sqlite, false) => &["DROP TRIGGER sk_fail"],
+            (Backend::Postgres, true) => &[
+                "CREATE FUNCTION sk_fail() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER sk_fail BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION sk_fail()",
+            ],
+            (Backend::Postgres, false) => &["DROP TRIGGER sk_fail ON sessions", "DROP FUNCTION sk_fail()"],
+            (Backend::MySql, true) => &["CREATE TRIGGER sk_fail BEFORE INSERT ON sessions FOR EACH ROW \
+                 SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected fault'"],
+            (Backend::MySql, false) => &["DROP TRIGGER sk_fail"],
+        };
+        for q in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*q)).execute(&pool).await.expect("fault trigger");
+        }
+        pool.close().await;
+    }
+
     /// A ledger session row's status, straight from the database.
     pub async fn ledger_status(&self, session_id: &str) -> Option<String> {
         self.svc.ledger().session(session_id).await.expect("ledger read").map(|r| r.status)

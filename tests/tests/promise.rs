@@ -1,0 +1,448 @@
+//! The seat promise under races, faults and floods: housekeeping never ends a live session, a 503
+//! changes nothing, a rebuild never admits beyond the limit, a removed feature's sessions end,
+//! logout sticks, one device holds one seat, and Redis never holds a usable secret.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use seatkeeper_tests::seatkeeper_core::domain::{FeaturePolicy, Ident, OnLimit, Slot};
+use seatkeeper_tests::seatkeeper_core::seats::{CreateOutcome, NewSeat, Versioned};
+use seatkeeper_tests::seatkeeper_core::sweep::SweepScope;
+use seatkeeper_tests::seatkeeper_core::token;
+use seatkeeper_tests::{ledger_tests, Backend, Options, TestApp};
+use serde_json::{json, Value};
+
+fn sid(v: &Value) -> String {
+    v["sessionId"].as_str().unwrap().to_owned()
+}
+
+fn tok(v: &Value) -> String {
+    v["sessionToken"].as_str().unwrap().to_owned()
+}
+
+/// Creates, heartbeats and ends run from 16 clients for four seconds while admins run
+/// `cleanup-sessions` and full sweeps in a loop. Every session that got its 201 and was not
+/// ended by its own client is still live afterwards, in both stores.
+async fn housekeeping_never_ends_a_live_session(b: Backend) {
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 100000})).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (app, key) = (app.clone(), key.clone());
+        clients.push(tokio::spawn(async move {
+            let mut kept = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline && i < 400 {
+                i += 1;
+                let device = format!("d{}", i % 3);
+                let r = app.create(&key, json!({"userId": format!("u{c}"), "feature": "f", "deviceId": device})).await;
+                assert_eq!(r.status, 201, "{r:?}");
+                let token = tok(&r.body);
+                let h = app.heartbeat(&token).await;
+                assert_eq!(h.status, 200, "a session heartbeated right after its create: {h:?}");
+                if i % 5 == 0 {
+                    assert_eq!(app.cleanup(&token).await.status, 200);
+                } else {
+                    kept.push((sid(&r.body), token));
+                }
+            }
+            kept
+        }));
+    }
+    let housekeeper = {
+        let (app, license, stop) = (app.clone(), license.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut runs = 0;
+            while !stop.load(Ordering::SeqCst) && runs < 2000 {
+                runs += 1;
+                let r = app
+                    .admin(Method::POST, "/api/licenses/cleanup-sessions", Some(json!({"licenseId": license})))
+                    .await;
+                assert_eq!(r.status, 200, "{r:?}");
+                app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.expect("sweep");
+            }
+            runs
+        })
+    };
+    let mut kept = Vec::new();
+    for c in clients {
+        kept.extend(c.await.unwrap());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let runs = housekeeper.await.unwrap();
+    assert!(runs >= 3, "the housekeeping ran beside the clients ({runs} runs)");
+    // Device takeover ended some on purpose: those answer 410 replaced. Every other one is alive.
+    let mut alive = 0;
+    for (session, token) in &kept {
+        let h = app.heartbeat(token).await;
+        match h.status {
+            200 => {
+                alive += 1;
+                assert_eq!(app.ledger_status(session).await.as_deref(), Some("active"), "{session}");
+            }
+            410 => assert_eq!(h.body["error"]["reason"], "replaced", "only a takeover ends a kept session: {h:?}"),
+            _ => panic!("unexpected heartbeat answer {h:?}"),
+        }
+    }
+    assert!(alive >= 16, "each client's last session at least is alive ({alive})");
+}
+
+/// Removing a feature ends its sessions at once (410 revoked, in the ledger too); a removal the seat
+/// store missed is finished by the sweep; the feature can be put back.
+async fn removing_a_feature_revokes_its_sessions(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.license(json!({"a": {"maxSessions": 5}, "b": {"maxSessions": 5}})).await;
+    let on_b = app.create(&key, json!({"userId": "u1", "feature": "b"})).await;
+    assert_eq!(on_b.status, 201);
+    let on_a = app.create(&key, json!({"userId": "u1", "feature": "a"})).await;
+    let path = format!("/api/licenses/{license}");
+    let put = |features: Value| app.admin(Method::PUT, &path, Some(json!({ "features": features })));
+    assert_eq!(put(json!({"a": {"maxSessions": 5}})).await.status, 200);
+
+    let h = app.heartbeat(&tok(&on_b.body)).await;
+    assert_eq!(h.expect_error(410, "session_expired")["reason"], "revoked", "{h:?}");
+    assert_eq!(app.ledger_status(&sid(&on_b.body)).await.as_deref(), Some("revoked"));
+    let c = app.cleanup(&tok(&on_b.body)).await;
+    assert_eq!(c.body, json!({"ended": false, "reason": "revoked"}));
+    assert_eq!(app.heartbeat(&tok(&on_a.body)).await.status, 200, "the other feature is untouched");
+    app.create(&key, json!({"userId": "u1", "feature": "b"})).await.expect_error(404, "not_found");
+
+    // Put back: it works again, from an empty slot.
+    assert_eq!(put(json!({"a": {"maxSessions": 5}, "b": {"maxSessions": 1}})).await.status, 200);
+    let again = app.create(&key, json!({"userId": "u2", "feature": "b"})).await;
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(again.body["seats"]["active"], 1);
+
+    // A removal whose seat-store step never ran (Redis unreachable at that moment): the ledger
+    // alone records it, as the service's PUT does first. The sweep finishes it.
+    let ledger = app.svc.ledger();
+    let lid = Ident::parse("licenseId", &license).unwrap();
+    let current = ledger.license(&lid).await.unwrap().unwrap();
+    let only_a =
+        current.features.iter().filter(|(f, _)| f.as_str() == "a").map(|(f, p)| (f.clone(), p.clone())).collect();
+    let written =
+        ledger.put_license(&lid, None, &only_a, seatkeeper_tests::seatkeeper_core::domain::now_ms()).await.unwrap();
+    assert_eq!(written.removed.iter().map(Ident::as_str).collect::<Vec<_>>(), ["b"]);
+    let report = app.svc.sweep(&SweepScope::default()).await.unwrap();
+    assert_eq!(report.failed_slots, 0);
+    let h = app.heartbeat(&tok(&again.body)).await;
+    assert_eq!(h.expect_error(410, "session_expired")["reason"], "revoked", "{h:?}");
+    assert_eq!(app.ledger_status(&sid(&again.body)).await.as_deref(), Some("revoked"));
+    let stats = app.admin(Method::GET, &format!("/api/licenses/{license}/session-stats"), None).await;
+    assert_eq!(stats.status, 200);
+    assert!(stats.body["features"].get("b").is_none(), "{stats:?}");
+}
+
+/// Limit 2: A's lease ran out unseen, C took the free seat, B is live; Redis loses everything.
+/// After the rebuild, B and C keep their seats by heartbeat and A does not come back.
+async fn a_rebuild_never_admits_beyond_the_limit(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 2})).await;
+    let a = app.create_ok(&key, "ua").await;
+    let b_ = app.create_ok(&key, "ub").await;
+    app.lapse_seat(&license, "f", &sid(&a), 1_000).await;
+    let c = app.create_ok(&key, "uc").await;
+    let mut conn = app.redis_conn().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+
+    assert_eq!(app.heartbeat(&tok(&b_)).await.status, 200);
+    assert_eq!(app.heartbeat(&tok(&c)).await.status, 200);
+    let back = app.heartbeat(&tok(&a)).await;
+    assert_eq!(back.expect_error(410, "session_expired")["reason"], "expired", "{back:?}");
+    app.create(&key, json!({"userId": "ud", "feature": "f"})).await.expect_error(409, "seat_limit_reached");
+    let stats = app.admin(Method::GET, &format!("/api/licenses/{license}/session-stats"), None).await;
+    assert_eq!(stats.body["features"]["f"]["active"], 2, "{stats:?}");
+    assert_eq!(app.live_leases(&license, "f").await, 2);
+}
+
+/// Restored sessions that never heartbeat hold their seats against new creates for one lease at
+/// most; those that do come back first keep them, up to the limit.
+async fn restored_sessions_confirm_first_come_first_served(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 1})).await;
+    let a = app.create_ok(&key, "ua").await;
+    app.lapse_seat(&license, "f", &sid(&a), 1_000).await;
+    let c = app.create_ok(&key, "uc").await;
+    let mut conn = app.redis_conn().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    // The first to heartbeat after the rebuild keeps the one seat; the other is told it is over.
+    assert_eq!(app.heartbeat(&tok(&a)).await.status, 200);
+    app.heartbeat(&tok(&c)).await.expect_error(410, "session_expired");
+    assert_eq!(app.live_leases(&license, "f").await, 1);
+}
+
+/// evict_idle at the limit and device takeover both end a session to admit a new one; when the new
+/// one's ledger write fails, the client hears 503 and the ended session is back as it was.
+async fn a_failed_create_ends_nobody(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 1, "onLimit": "evict_idle"})).await;
+    let u1 = app.create(&key, json!({"userId": "u1", "feature": "f", "deviceId": "laptop"})).await;
+    assert_eq!(u1.status, 201);
+    app.fail_session_inserts(true).await;
+    app.create(&key, json!({"userId": "u2", "feature": "f"})).await.expect_error(503, "store_unavailable");
+    app.create(&key, json!({"userId": "u1", "feature": "f", "deviceId": "laptop"}))
+        .await
+        .expect_error(503, "store_unavailable");
+    app.fail_session_inserts(false).await;
+    let h = app.heartbeat(&tok(&u1.body)).await;
+    assert_eq!(h.status, 200, "the session a failed create would have ended is still live: {h:?}");
+    assert_eq!(app.live_leases(&license, "f").await, 1);
+    assert_eq!(app.ledger_status(&sid(&u1.body)).await.as_deref(), Some("active"));
+    // And with the ledger back, eviction works as before.
+    let u2 = app.create(&key, json!({"userId": "u2", "feature": "f"})).await;
+    assert_eq!(u2.status, 201);
+    app.heartbeat(&tok(&u1.body)).await.expect_error(410, "session_expired");
+}
+
+/// Redis stalls (a long script holds its single thread) while creates arrive: the creates time out
+/// with 503, and when Redis resumes their scripts refuse to run late. Seats taken = 201s given.
+async fn a_503_takes_no_seat(b: Backend) {
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 1000})).await;
+    app.create_ok(&key, "warm").await;
+    let stall = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            let client = redis::Client::open(app.redis.url.as_str()).unwrap();
+            let mut c = client.get_multiplexed_async_connection_with_config(&config).await.unwrap();
+            // Busy for 3 s on the server's clock: longer than the service's 2 s response timeout.
+            let _: i64 = redis::cmd("EVAL")
+                .arg(
+                    "local t = redis.call('TIME') local s = tonumber(t[1]) + tonumber(t[2]) / 1e6 \
+                      local n = 0 while true do n = n + 1 \
+                      if n % 10000 == 0 then t = redis.call('TIME') \
+                      if tonumber(t[1]) + tonumber(t[2]) / 1e6 - s > 3 then return n end end end",
+                )
+                .arg(0)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut creates = Vec::new();
+    for i in 0..40 {
+        let (app, key) = (app.clone(), key.clone());
+        creates.push(tokio::spawn(async move {
+            app.create(&key, json!({"userId": format!("u{i}"), "feature": "f", "deviceId": "d"})).await
+        }));
+    }
+    let mut admitted = 1;
+    let mut refused = 0;
+    for c in creates {
+        let r = c.await.unwrap();
+        match r.status {
+            201 => admitted += 1,
+            503 => {
+                r.expect_error(503, "store_unavailable");
+                refused += 1;
+            }
+            _ => panic!("unexpected answer {r:?}"),
+        }
+    }
+    stall.await.unwrap();
+    assert!(refused > 0, "the stall made creates time out");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.live_leases(&license, "f").await, admitted, "{admitted} admitted, {refused} refused");
+}
+
+/// A logout after the lease ran out, but while it could still be revived, ends it for good.
+async fn logout_sticks(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 2, "resurrectWindowSeconds": 600})).await;
+    let s = app.create_ok(&key, "u1").await;
+    app.lapse_seat(&license, "f", &sid(&s), 2_000).await;
+    assert_eq!(app.cleanup(&tok(&s)).await.body, json!({"ended": true}));
+    assert_eq!(app.heartbeat(&tok(&s)).await.expect_error(410, "session_expired")["reason"], "ended");
+    assert_eq!(app.ledger_status(&sid(&s)).await.as_deref(), Some("ended"));
+    assert_eq!(app.all_leases(&license, "f").await, 0);
+}
+
+/// A device whose session lapsed but could be revived logs in again: the new session replaces the
+/// old one, which cannot come back. One device, one seat.
+async fn one_device_holds_one_seat(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 5, "resurrectWindowSeconds": 600})).await;
+    let body = json!({"userId": "u1", "feature": "f", "deviceId": "laptop"});
+    let old = app.create(&key, body.clone()).await;
+    app.lapse_seat(&license, "f", &sid(&old.body), 2_000).await;
+    let new = app.create(&key, body).await;
+    assert_eq!(new.status, 201);
+    assert_eq!(new.body["replacedSessionId"], old.body["sessionId"], "{new:?}");
+    assert_eq!(app.heartbeat(&tok(&old.body)).await.expect_error(410, "session_expired")["reason"], "replaced");
+    assert_eq!(app.all_leases(&license, "f").await, 1);
+    assert_eq!(app.ledger_status(&sid(&old.body)).await.as_deref(), Some("replaced"));
+}
+
+/// Nothing in Redis, stored or passed to a script, can be used as a token or a key; a replay still
+/// gives the same token back.
+async fn redis_holds_no_usable_secret(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (_license, key) = app.simple_license(json!({"maxSessions": 5})).await;
+    let socket = app.redis.url.trim_start_matches("redis+unix://").to_owned();
+    let mut monitor = tokio::process::Command::new("redis-cli")
+        .args(["-s", &socket, "MONITOR"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-cli");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let body = json!({"userId": "u1", "feature": "f", "idempotencyKey": "k-1"});
+    let first = app.create(&key, body.clone()).await;
+    assert_eq!(first.status, 201);
+    let replay = app.create(&key, body).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.body["sessionToken"], first.body["sessionToken"]);
+    assert_eq!(app.heartbeat(&tok(&first.body)).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    monitor.start_kill().unwrap();
+    let out = monitor.wait_with_output().await.unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(seen.contains("EVALSHA"), "MONITOR saw the scripts");
+
+    let token = tok(&first.body);
+    let secret = token.split_once('.').unwrap().1.to_owned();
+    // Everything Redis holds, dumped.
+    let mut c = app.redis_conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
+    let mut held = Vec::new();
+    for k in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&k).query_async(&mut c).await.unwrap();
+        held.push(String::from_utf8_lossy(&dump).into_owned());
+        held.push(k);
+    }
+    for (what, text) in [("MONITOR", seen.to_string()), ("stored data", held.join("\n"))] {
+        assert!(!text.contains(&secret), "{what} shows the token's secret");
+        assert!(!text.contains(&key), "{what} shows the license key");
+    }
+}
+
+/// A create whose Redis step happened but whose ledger row was never written (its process died in
+/// between) is replayed by the client's retry: the replay answers only once the ledger holds it.
+async fn a_replay_records_what_it_answers_for(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 5})).await;
+    let slot = Slot { license: Ident::parse("l", &license).unwrap(), feature: Ident::parse("f", "f").unwrap() };
+    let l = app.svc.ledger().license(&slot.license).await.unwrap().unwrap();
+    let policy = l.features.get(&slot.feature).unwrap().clone();
+    app.svc.rebuild(&slot).await.unwrap(); // the slot opens in the seat store, as at a first create
+    let session_id = token::new_session_id();
+    let minted = token::mint_session_token(&slot, &session_id);
+    let sealed = token::seal(&minted.secret, &key, &slot, "retry-1", &session_id);
+    let seat = NewSeat {
+        session_id: &session_id,
+        user: "u1",
+        device: None,
+        token_hash: &minted.hash,
+        idempotency_key: Some("retry-1"),
+        sealed_secret: &sealed,
+    };
+    let outcome =
+        app.svc.seats().create(&slot, Versioned { policy: &policy, version: l.version }, &seat).await.unwrap();
+    assert!(matches!(outcome, CreateOutcome::Admitted { .. }), "{outcome:?}");
+    assert_eq!(app.ledger_status(&session_id).await, None);
+
+    let replay = app.create(&key, json!({"userId": "u1", "feature": "f", "idempotencyKey": "retry-1"})).await;
+    assert_eq!(replay.status, 200, "{replay:?}");
+    assert_eq!(replay.body["sessionToken"], minted.token.as_str());
+    assert_eq!(app.ledger_status(&session_id).await.as_deref(), Some("active"));
+    app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.unwrap();
+    assert_eq!(app.heartbeat(&minted.token).await.status, 200);
+}
+
+/// A policy write that read an older license never overwrites a newer one in the seat store.
+async fn an_older_policy_never_overwrites_a_newer_one(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 3})).await;
+    app.create_ok(&key, "u1").await;
+    let slot = Slot { license: Ident::parse("l", &license).unwrap(), feature: Ident::parse("f", "f").unwrap() };
+    let l = app.svc.ledger().license(&slot.license).await.unwrap().unwrap();
+    let older = FeaturePolicy {
+        max_sessions: 1,
+        max_sessions_per_user: None,
+        on_limit: OnLimit::Reject,
+        lease_ttl_seconds: 90,
+        heartbeat_interval_seconds: 30,
+        resurrect_window_seconds: 0,
+    };
+    app.svc.seats().set_policy(&slot, Versioned { policy: &older, version: l.version - 1 }).await.unwrap();
+    // A create that read the older license in flight beside the PUT:
+    let sid = token::new_session_id();
+    let minted = token::mint_session_token(&slot, &sid);
+    let seat = NewSeat {
+        session_id: &sid,
+        user: "u2",
+        device: None,
+        token_hash: &minted.hash,
+        idempotency_key: None,
+        sealed_secret: &[0; 32],
+    };
+    let outcome =
+        app.svc.seats().create(&slot, Versioned { policy: &older, version: l.version - 1 }, &seat).await.unwrap();
+    assert!(matches!(outcome, CreateOutcome::Admitted { limit: 3, .. }), "the newer limit decided: {outcome:?}");
+    let mut c = app.redis_conn().await;
+    let limit: u32 =
+        redis::cmd("HGET").arg(TestApp::seat_key(&license, "f", "cfg")).arg("limit").query_async(&mut c).await.unwrap();
+    assert_eq!(limit, 3);
+}
+
+/// peakActive counts seats, not ledger rows the sweep has yet to close: one live session at a time
+/// is a peak of one.
+async fn peak_counts_live_leases_only(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 3})).await;
+    for user in ["u1", "u2", "u3"] {
+        let s = app.create_ok(&key, user).await;
+        app.lapse_seat(&license, "f", &sid(&s), 1).await;
+    }
+    let stats = app.admin(Method::GET, &format!("/api/licenses/{license}/session-stats"), None).await;
+    assert_eq!(stats.body["features"]["f"]["peakActive"], 1, "{stats:?}");
+    assert_eq!(stats.body["features"]["f"]["active"], 0);
+}
+
+/// A token the seat store no longer knows is looked up in the ledger; a ledger that cannot answer
+/// is a 503, never a 401 (the token may well be valid).
+async fn an_unreachable_ledger_is_503_not_401(b: Backend) {
+    let app = TestApp::start_with(b, Options { proxy: true, ..Default::default() }).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 3})).await;
+    let s = app.create_ok(&key, "u1").await;
+    app.drop_seat(&license, "f", &sid(&s)).await;
+    app.proxy.as_ref().unwrap().cut();
+    app.cleanup(&tok(&s)).await.expect_error(503, "store_unavailable");
+    app.heartbeat(&tok(&s)).await.expect_error(503, "store_unavailable");
+    app.proxy.as_ref().unwrap().restore();
+}
+
+ledger_tests!(
+    housekeeping_never_ends_a_live_session,
+    removing_a_feature_revokes_its_sessions,
+    a_rebuild_never_admits_beyond_the_limit,
+    restored_sessions_confirm_first_come_first_served,
+    a_failed_create_ends_nobody,
+    a_503_takes_no_seat,
+    logout_sticks,
+    one_device_holds_one_seat,
+    redis_holds_no_usable_secret,
+    a_replay_records_what_it_answers_for,
+    an_older_policy_never_overwrites_a_newer_one,
+    peak_counts_live_leases_only,
+);
+
+mod postgres_proxy {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_ledger_is_503_not_401() {
+        super::an_unreachable_ledger_is_503_not_401(seatkeeper_tests::Backend::Postgres).await
+    }
+}
+
+mod mysql_proxy {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_ledger_is_503_not_401() {
+        super::an_unreachable_ledger_is_503_not_401(seatkeeper_tests::Backend::MySql).await
+    }
+}

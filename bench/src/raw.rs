@@ -60,15 +60,18 @@ pub struct Policy {
 }
 
 /// EVALSHA of create.lua with the keys and arguments `SeatStore::create` sends for a create with no
-/// device, no idempotency key and no per-user cap (and no deadline).
+/// idempotency key (and no deadline); `device` '' for none, `per_user` 0 for no cap.
+#[allow(clippy::too_many_arguments)]
 pub async fn raw_create(
     conn: &mut MultiplexedConnection,
     shas: &Shas,
     prefix: &str,
     sid: &str,
     user: &str,
+    device: &str,
     token_hash: &[u8],
     p: Policy,
+    per_user: u32,
 ) -> redis::RedisResult<Value> {
     redis::cmd("EVALSHA")
         .arg(&shas.create)
@@ -80,12 +83,12 @@ pub async fn raw_create(
         .arg(prefix)
         .arg(sid)
         .arg(user)
-        .arg("")
+        .arg(device)
         .arg(token_hash)
         .arg("")
         .arg("")
         .arg(p.limit)
-        .arg(0)
+        .arg(per_user)
         .arg(i64::from(p.ttl_s) * 1000)
         .arg(p.hb_s)
         .arg(0)

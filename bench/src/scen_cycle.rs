@@ -63,7 +63,7 @@ async fn one(a: &Args, redis: &RedisServer, backend: Backend, licenses: usize, r
             let user = format!("user-{c:07}");
             let e = |e: redis::RedisError| e.to_string();
             raw::expect_tag(
-                &raw::raw_create(&mut conn, &shas, &p, &sid, &user, th.as_bytes(), policy).await.map_err(e)?,
+                &raw::raw_create(&mut conn, &shas, &p, &sid, &user, "", th.as_bytes(), policy, 0).await.map_err(e)?,
                 "ok",
             )?;
             raw::expect_tag(&raw::raw_heartbeat(&mut conn, &shas, &p, &sid, th.as_bytes()).await.map_err(e)?, "ok")?;

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
 use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use seatkeeper_core::http::{dispatch, ApiError, MAX_BODY_BYTES};
+use seatkeeper_core::http::{dispatch, with_cors, ApiError, MAX_BODY_BYTES};
 use seatkeeper_core::lambda_body::{Body, Request};
 use seatkeeper_core::sweep::SweepScope;
 use seatkeeper_core::Service;
@@ -172,13 +172,16 @@ async fn serve_connection(
 /// within the body timeout, then hand it to the core's router.
 async fn handle(svc: &Service, req: hyper::Request<Incoming>, body_timeout: Duration) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    let origin = parts.headers.get(ORIGIN).cloned();
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     // After a chunked body the guard no longer knows where requests start: end the connection.
     let mut close = parts.headers.contains_key(TRANSFER_ENCODING);
+    // An answer given here, before the core's router, gets the same CORS headers as any other.
+    let early = |err: ApiError| with_cors(svc, origin.as_ref(), err.into_response());
     let resp = if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         // The body is never read: the connection cannot carry another request.
         close = true;
-        ApiError::payload_too_large().into_response()
+        early(ApiError::payload_too_large())
     } else {
         match tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
             Ok(Ok(collected)) => {
@@ -195,20 +198,19 @@ async fn handle(svc: &Service, req: hyper::Request<Incoming>, body_timeout: Dura
             }
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 close = true;
-                ApiError::payload_too_large().into_response()
+                early(ApiError::payload_too_large())
             }
             Ok(Err(_)) => {
                 close = true;
-                ApiError::bad_body("the request body could not be read").into_response()
+                early(ApiError::bad_body("the request body could not be read"))
             }
             Err(_) => {
                 close = true;
-                ApiError::new(
+                early(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     "request_timeout",
                     format!("the request body did not arrive within {} s", body_timeout.as_secs()),
-                )
-                .into_response()
+                ))
             }
         }
     };
@@ -458,5 +460,58 @@ pub async fn run_sweep(svc: &Service, scope: &SweepScope) -> Option<seatkeeper_c
             tracing::warn!(error = %e, "sweep could not run; the next one will");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn limits(vars: &[(&str, &str)]) -> Result<Limits, String> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Limits::from_lookup(8, |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn limits_default_from_the_open_file_limit_and_take_overrides() {
+        let d = limits(&[]).unwrap();
+        assert_eq!(d, Limits::defaults(8));
+        assert!((1..=10_000).contains(&d.max_connections));
+        let l = limits(&[
+            ("SEATKEEPER_MAX_CONNECTIONS", "50"),
+            ("SEATKEEPER_HEADER_TIMEOUT_SECONDS", "3"),
+            ("SEATKEEPER_BODY_TIMEOUT_SECONDS", "4"),
+        ])
+        .unwrap();
+        assert_eq!(
+            l,
+            Limits {
+                max_connections: 50,
+                header_timeout: Duration::from_secs(3),
+                body_timeout: Duration::from_secs(4)
+            }
+        );
+        for bad in ["0", "-1", "many", ""] {
+            let err = limits(&[("SEATKEEPER_MAX_CONNECTIONS", bad)]).unwrap_err();
+            assert!(err.contains("SEATKEEPER_MAX_CONNECTIONS"), "{err}");
+        }
+    }
+
+    #[test]
+    fn heads_are_framed_by_their_length() {
+        let head = b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET";
+        let (len, framing) = check_head(head).unwrap().unwrap();
+        assert_eq!(&head[..len], b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\n");
+        assert!(matches!(framing, Framing::Body(3)));
+        assert!(check_head(b"GET /x HTTP/1.1\r\nHost: a").unwrap().is_none(), "incomplete");
+        assert!(matches!(
+            check_head(b"GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(Some((_, Framing::Opaque)))
+        ));
+        let status = |b: &[u8]| check_head(b).err().map(|e| e.status.as_u16());
+        assert_eq!(status(b"GET /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Some(400));
+        assert_eq!(status(b"GET /x HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n"), Some(400));
+        assert_eq!(status(&[b'x'; MAX_REQUEST_LINE_BYTES + 1]), Some(414));
     }
 }

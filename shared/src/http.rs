@@ -433,8 +433,9 @@ fn options(svc: &Service, req: &Request, methods: &[Method]) -> Response<Body> {
 
 /// CORS headers on any answer: `Vary: Origin` whenever origins are configured (the answer
 /// depends on it), and for a listed origin `Access-Control-Allow-Origin` (that origin) and
-/// `Retry-After` exposed to scripts.
-fn with_cors(svc: &Service, origin: Option<&HeaderValue>, mut resp: Response<Body>) -> Response<Body> {
+/// `Retry-After` exposed to scripts. `dispatch` and `handle` apply it; a transport that answers
+/// before them (the runner's 413 and 408) applies it too.
+pub fn with_cors(svc: &Service, origin: Option<&HeaderValue>, mut resp: Response<Body>) -> Response<Body> {
     if svc.config().cors_origins.is_empty() {
         return resp;
     }

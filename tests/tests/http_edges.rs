@@ -552,6 +552,16 @@ async fn cors_answers_configured_origins_only() {
         assert_eq!(r.header("access-control-expose-headers"), Some("Retry-After"));
     }
 
+    // An answer the runner gives before the router (413 on a declared length) carries them too.
+    let mut c = connect(app.base.trim_start_matches("http://")).await;
+    let head = format!(
+        "POST /api/licenses/sessions HTTP/1.1\r\nHost: x\r\nOrigin: {EXTENSION}\r\nContent-Length: 20000\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let answers = parse_answers(&read_to_close(&mut c).await);
+    answers[0].expect_error(413, "payload_too_large");
+    assert_eq!(answers[0].header("access-control-allow-origin"), Some(EXTENSION), "{answers:?}");
+
     // Another origin: preflight refused in the error shape, answers without CORS headers.
     let stranger = [("origin", "https://evil.example"), ("access-control-request-method", "POST")];
     let r = call(&app.base, Method::OPTIONS, "/api/licenses/sessions", &stranger, None).await;

@@ -11,7 +11,7 @@ use reqwest::Method;
 use seatkeeper_local::{serve_with, Limits};
 use seatkeeper_tests::seatkeeper_core::http::{handle, ROUTES};
 use seatkeeper_tests::seatkeeper_core::Service;
-use seatkeeper_tests::{Backend, Database, Options, RedisServer, Resp, TestApp, ADMIN_TOKEN};
+use seatkeeper_tests::{Backend, Database, Options, Proxy, RedisServer, Resp, TestApp, ADMIN_TOKEN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -236,9 +236,18 @@ struct Child {
 }
 
 impl Child {
+    /// On a fresh SQLite ledger, once /health answers 200.
     async fn start(env: &[(&str, &str)]) -> Self {
-        let redis = RedisServer::start().await;
         let db = Database::create(Backend::Sqlite).await;
+        let url = db.url.clone();
+        let mut runner = Self::start_on(db, &url, env).await;
+        runner.health_ok().await;
+        runner
+    }
+
+    /// On `db` reached through `ledger_url`, once the runner answers HTTP at all.
+    async fn start_on(db: Database, ledger_url: &str, env: &[(&str, &str)]) -> Self {
+        let redis = RedisServer::start().await;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::env::temp_dir().join(format!("sk-http-edges-{}-{port}.log", std::process::id()));
         let mut cmd = tokio::process::Command::new("sh");
@@ -247,7 +256,7 @@ impl Child {
             .arg(seatkeeper_bin())
             .arg(format!("127.0.0.1:{port}"))
             .env("SEATKEEPER_REDIS_URL", &redis.url)
-            .env("SEATKEEPER_LEDGER_URL", &db.url)
+            .env("SEATKEEPER_LEDGER_URL", ledger_url)
             .env("SEATKEEPER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .env_remove("SEATKEEPER_MAX_CONNECTIONS")
@@ -259,10 +268,8 @@ impl Child {
         let mut runner = Child { child, base: format!("http://127.0.0.1:{port}"), log, _redis: redis, _db: db };
         let deadline = tokio::time::Instant::now() + BOUND;
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/health", runner.base)).await {
-                if r.status() == 200 {
-                    break;
-                }
+            if reqwest::get(format!("{}/health", runner.base)).await.is_ok() {
+                break;
             }
             runner.assert_alive();
             assert!(tokio::time::Instant::now() < deadline, "seatkeeper serve did not come up: {}", runner.log_text());
@@ -680,6 +687,42 @@ async fn starts_while_the_ledger_is_down_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_while_the_ledger_is_down_mysql() {
     starts_while_the_ledger_is_down(Backend::MySql).await
+}
+
+/// `seatkeeper serve` started while its ledger is down serves at once (503 for what needs the
+/// ledger) and applies the migrations in the background once the ledger is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_migrates_once_the_ledger_is_back() {
+    let db = Database::create(Backend::Postgres).await;
+    let rest = db.url.split_once("://").unwrap().1;
+    let authority = rest.split('/').next().unwrap();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_owned();
+    let proxy = Proxy::start(host_port.clone()).await;
+    proxy.cut();
+    let ledger_url = db.url.replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let mut runner = Child::start_on(db, &ledger_url, &[]).await;
+    let health = call(&runner.base, Method::GET, "/health", &[], None).await;
+    assert_eq!((health.status, &health.body["ledger"]), (503, &json!("down")), "{health:?}");
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let put = |base: String, auth: String| async move {
+        let body = json!({"features": {"f": {"maxSessions": 1}}});
+        call(&base, Method::PUT, "/api/licenses/late-ledger", &[("authorization", &auth)], Some(body)).await
+    };
+    put(runner.base.clone(), auth.clone()).await.expect_error(503, "store_unavailable");
+
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = put(runner.base.clone(), auth.clone()).await;
+        if r.status == 201 {
+            break;
+        }
+        r.expect_error(503, "store_unavailable");
+        runner.assert_alive();
+        assert!(tokio::time::Instant::now() < deadline, "never migrated: {r:?} {}", runner.log_text());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    runner.health_ok().await;
 }
 
 /// Connecting never migrates; `seatkeeper migrate` does.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use seatkeeper_core::domain::PolicyDefaults;
-use seatkeeper_core::ledger::SqlLedger;
+use seatkeeper_core::ledger::{Ledger, SqlLedger};
 use seatkeeper_core::seats::SeatStore;
 use seatkeeper_core::{Config, Service};
 
@@ -296,6 +296,7 @@ impl Stack {
         let ledger = SqlLedger::connect_with(&cfg.ledger_url, cfg.ledger_pool_size)
             .await
             .map_err(|e| anyhow::anyhow!("ledger: {e:?}"))?;
+        ledger.migrate().await.map_err(|e| anyhow::anyhow!("ledger migrations: {e:?}"))?;
         let stats = Arc::new(LedgerStats::default());
         let batched_ends = BATCHED_ENDS.load(Ordering::Relaxed);
         if batched_ends && ledger.dialect() != seatkeeper_core::ledger::Dialect::Postgres {

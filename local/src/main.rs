@@ -34,6 +34,8 @@ enum Command {
         #[arg(long)]
         license: Option<String>,
     },
+    /// Apply the ledger's schema migrations (needs DDL rights) and exit.
+    Migrate,
     /// Administer a deployment through its API (token from SEATKEEPER_ADMIN_TOKEN).
     Admin(AdminArgs),
 }
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { listen } => serve(listen).await,
             Command::Sweep { full, license } => sweep(full, license).await,
+            Command::Migrate => migrate().await,
             Command::Admin(args) => admin(args).await,
         }
     })
@@ -131,11 +134,7 @@ async fn service() -> Result<Service, ExitCode> {
         ExitCode::from(exit::USAGE)
     })?;
     Service::connect(config).await.map_err(|e| {
-        let detail = match &e {
-            seatkeeper_core::Error::StoreUnavailable { detail, .. } => detail.clone(),
-            other => other.to_string(),
-        };
-        eprintln!("seatkeeper: {e}: {detail}");
+        eprintln!("seatkeeper: {e}: {}", store_detail(&e));
         ExitCode::from(exit::UNAVAILABLE)
     })
 }
@@ -153,7 +152,15 @@ async fn serve(listen: SocketAddr) -> ExitCode {
             return ExitCode::from(exit::UNAVAILABLE);
         }
     };
-    tracing::info!(%listen, "seatkeeper serving");
+    let limits = match seatkeeper_local::Limits::from_env(svc.config().ledger_pool_size) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("seatkeeper: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    tracing::info!(%listen, max_connections = limits.max_connections, "seatkeeper serving");
+    tokio::spawn(migrate_until_done(svc.clone()));
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
     // Ctrl-C or SIGTERM (a process manager) stop the runner.
     let shutdown = async {
@@ -165,12 +172,58 @@ async fn serve(listen: SocketAddr) -> ExitCode {
         }
         tracing::info!("shutting down");
     };
-    match seatkeeper_local::serve(svc, listener, shutdown).await {
+    match seatkeeper_local::serve_with(svc, listener, limits, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("seatkeeper: {e}");
             ExitCode::from(exit::UNAVAILABLE)
         }
+    }
+}
+
+/// The runner migrates at its start. A ledger that is down then does not stop it: it serves at
+/// once (heartbeats need no SQL; what needs the ledger answers 503) and tries again, backing off
+/// to every 30 s, until the migrations are applied.
+async fn migrate_until_done(svc: Service) {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        match svc.migrate().await {
+            Ok(()) => {
+                tracing::info!("ledger migrations applied");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, detail = %store_detail(&e), retry_in_s = wait.as_secs(), "ledger migrations could not run");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn migrate() -> ExitCode {
+    seatkeeper_core::telemetry::init();
+    let svc = match service().await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match svc.migrate().await {
+        Ok(()) => {
+            println!("ledger migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("seatkeeper: {e}: {}", store_detail(&e));
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+    }
+}
+
+/// What went wrong inside a store (logged and printed; never sent to a client).
+fn store_detail(e: &seatkeeper_core::Error) -> String {
+    match e {
+        seatkeeper_core::Error::StoreUnavailable { detail, .. } => detail.clone(),
+        other => other.to_string(),
     }
 }
 

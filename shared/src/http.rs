@@ -113,7 +113,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into(), details: Map::new(), retry_after: None, allow: None }
     }
 
@@ -196,10 +196,13 @@ impl From<Error> for ApiError {
 
 type ApiResult = Result<Response<Body>, ApiError>;
 
+/// Every JSON answer of the API is `Cache-Control: no-store`: several carry a session token or a
+/// license key, and none is worth keeping in a cache (seat counts change by the second).
 fn json_response(status: StatusCode, value: Value) -> Response<Body> {
     let mut resp = Response::new(Body::Text(value.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -274,6 +277,7 @@ fn query_params(req: &Request) -> BTreeMap<String, String> {
 
 /// Serves a request through the route table (the local runner's entry point).
 pub async fn dispatch(svc: &Service, req: Request) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
     let path = req.uri().path().to_owned();
     let matching: Vec<&Route> = ROUTES
         .iter()
@@ -284,54 +288,163 @@ pub async fn dispatch(svc: &Service, req: Request) -> Response<Body> {
         .collect();
     let best = matching.iter().map(|r| literal_segments(r.path)).max();
     let candidates: Vec<&Route> = matching.into_iter().filter(|r| Some(literal_segments(r.path)) == best).collect();
-    match candidates.iter().find(|r| r.method == req.method()) {
-        Some(route) => handle(svc, route.op, req).await,
+    let served = candidates
+        .iter()
+        .find(|r| r.method == req.method())
+        .or_else(|| candidates.iter().find(|r| serves(r.method.clone(), req.method())));
+    let resp = match served {
+        Some(route) => handle_op(svc, route.op, req).await,
         None if candidates.is_empty() => {
             log_request("unknown", StatusCode::NOT_FOUND, Instant::now());
             ApiError::not_found(format!("no route {path}")).into_response()
         }
         None => {
-            let allow = candidates.iter().map(|r| r.method.as_str()).collect::<Vec<_>>().join(", ");
-            let mut err = ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not allowed on {path}; use {allow}", req.method()),
-            );
-            err.allow = Some(allow);
-            log_request(candidates[0].operation_id, StatusCode::METHOD_NOT_ALLOWED, Instant::now());
-            err.into_response()
+            let methods: Vec<Method> = candidates.iter().map(|r| r.method.clone()).collect();
+            let resp = if req.method() == Method::OPTIONS {
+                options(svc, &req, &methods)
+            } else {
+                method_not_allowed(&req, &methods)
+            };
+            log_request(candidates[0].operation_id, resp.status(), Instant::now());
+            resp
         }
-    }
+    };
+    with_cors(svc, origin.as_ref(), resp)
 }
 
 /// Serves one operation (a Lambda function's entry point). Logs route, status, latency and license.
+/// Also answers `HEAD` when the operation is a `GET`, and preflight `OPTIONS` on its path.
 pub async fn handle(svc: &Service, op: Op, req: Request) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let resp = handle_op(svc, op, req).await;
+    with_cors(svc, origin.as_ref(), resp)
+}
+
+async fn handle_op(svc: &Service, op: Op, req: Request) -> Response<Body> {
     use tracing::Instrument;
     let route = op.route();
     let span = tracing::info_span!("request", route = route.operation_id, license = tracing::field::Empty);
     let started = Instant::now();
     let resp = async {
-        // A wrong method is answered and logged like any other outcome.
-        let resp = if req.method() != route.method {
-            let mut err = ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not allowed here; use {}", req.method(), route.method),
-            );
-            err.allow = Some(route.method.to_string());
-            Err(err)
+        let methods = path_methods(route.path);
+        let resp = if serves(route.method.clone(), req.method()) {
+            let head = req.method() == Method::HEAD;
+            let resp = match run(svc, op, route, req).await {
+                Ok(resp) => resp,
+                Err(err) => err.into_response(),
+            };
+            if head {
+                without_body(resp)
+            } else {
+                resp
+            }
+        } else if req.method() == Method::OPTIONS {
+            options(svc, &req, &methods)
         } else {
-            run(svc, op, route, req).await
-        };
-        let resp = match resp {
-            Ok(resp) => resp,
-            Err(err) => err.into_response(),
+            // A wrong method is answered and logged like any other outcome.
+            method_not_allowed(&req, &methods)
         };
         log_request(route.operation_id, resp.status(), started);
         resp
     }
     .instrument(span)
     .await;
+    resp
+}
+
+/// A route of `route_method` serves `method`: the same, or `HEAD` on a `GET` route.
+fn serves(route_method: Method, method: &Method) -> bool {
+    route_method == *method || (route_method == Method::GET && method == Method::HEAD)
+}
+
+/// The methods of every route on this path template.
+fn path_methods(template: &str) -> Vec<Method> {
+    ROUTES.iter().filter(|r| r.path == template).map(|r| r.method.clone()).collect()
+}
+
+fn method_not_allowed(req: &Request, methods: &[Method]) -> Response<Body> {
+    let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+    let mut err = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}; use {allow}", req.method(), req.uri().path()),
+    );
+    err.allow = Some(allow);
+    err.into_response()
+}
+
+/// The answer to `HEAD`: the `GET` answer's status and headers, its length, no body.
+fn without_body(mut resp: Response<Body>) -> Response<Body> {
+    let len = match resp.body() {
+        Body::Text(t) => t.len(),
+        Body::Binary(b) => b.len(),
+        _ => 0,
+    };
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    *resp.body_mut() = Body::Empty;
+    resp
+}
+
+// ---- CORS ----
+
+/// How long a browser may keep a preflight answer.
+const CORS_MAX_AGE_SECONDS: u32 = 600;
+
+/// The request's `Origin` when `SEATKEEPER_CORS_ORIGINS` lists it (exactly, as browsers send it).
+fn allowed_origin<'a>(svc: &Service, origin: Option<&'a HeaderValue>) -> Option<&'a HeaderValue> {
+    let origin = origin?;
+    let text = origin.to_str().ok()?;
+    svc.config().cors_origins.iter().any(|o| o == text).then_some(origin)
+}
+
+/// A preflight (`OPTIONS`): from a listed origin, `204` with the CORS allowances; from an unlisted
+/// one, `403 forbidden`; without an `Origin` (not a browser's preflight), `204` with `Allow`.
+fn options(svc: &Service, req: &Request, methods: &[Method]) -> Response<Body> {
+    let mut allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    if methods.contains(&Method::GET) {
+        allow.push("HEAD");
+    }
+    allow.push("OPTIONS");
+    let allow = allow.join(", ");
+    let origin = req.headers().get(header::ORIGIN);
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    match (origin, allowed_origin(svc, origin)) {
+        (Some(given), None) => {
+            let given = given.to_str().unwrap_or("this origin");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("{given} may not call this API from a browser: it is not in SEATKEEPER_CORS_ORIGINS"),
+            )
+            .into_response();
+        }
+        (_, Some(_)) => {
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_str(&allow).expect("method names"));
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(CORS_MAX_AGE_SECONDS));
+        }
+        (None, None) => {}
+    }
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_str(&allow).expect("method names"));
+    resp
+}
+
+/// CORS headers on any answer: `Vary: Origin` whenever origins are configured (the answer
+/// depends on it), and for a listed origin `Access-Control-Allow-Origin` (that origin) and
+/// `Retry-After` exposed to scripts. `dispatch` and `handle` apply it; a transport that answers
+/// before them (the runner's 413 and 408) applies it too.
+pub fn with_cors(svc: &Service, origin: Option<&HeaderValue>, mut resp: Response<Body>) -> Response<Body> {
+    if svc.config().cors_origins.is_empty() {
+        return resp;
+    }
+    let h = resp.headers_mut();
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = allowed_origin(svc, origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Retry-After"));
+    }
     resp
 }
 

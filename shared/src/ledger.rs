@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::domain::{EndReason, FeaturePolicy, Ident, License, OnLimit, Slot};
@@ -129,6 +129,12 @@ pub trait Ledger: Send + Sync {
     async fn write_heartbeats(&self, beats: &[(String, i64, i64)]) -> Result<u64>;
     /// Counters per feature of a license over `[since_ms, now_ms]`, with the spans of its sessions.
     async fn stats(&self, license: &Ident, since_ms: i64, now_ms: i64) -> Result<BTreeMap<String, FeatureStats>>;
+    /// Applies the ledger's schema migrations. Never run implicitly by connecting: `seatkeeper
+    /// migrate` and the local runner's start call it, Lambda cold starts do not. A ledger with no
+    /// schema of its own has nothing to do; a wrapper should pass the call on.
+    async fn migrate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,13 +151,15 @@ pub struct SqlLedger {
 }
 
 impl SqlLedger {
-    /// Connects with the default pool size and applies the embedded migrations.
+    /// A pool with the default size; see `connect_with`.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, crate::config::DEFAULT_LEDGER_POOL_SIZE).await
     }
 
-    /// Connects with at most `pool_size` connections (SQLite: at most 4, one writer at a time
-    /// anyway) and applies the embedded migrations. SQLite files are created when missing.
+    /// A lazy pool of at most `pool_size` connections (SQLite: at most 4, one writer at a time
+    /// anyway): nothing is connected until a query needs it, so a process starts while the ledger
+    /// is down and its queries answer "unavailable" until it is back. Only the URL is checked
+    /// here. Does not migrate: call `Ledger::migrate`. SQLite files are created when missing.
     pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = if url.starts_with("sqlite:") {
@@ -173,15 +181,12 @@ impl SqlLedger {
                 url.split(':').next().unwrap_or("")
             )));
         };
+        let options: AnyConnectOptions = url.parse().map_err(Error::ledger)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { pool_size.min(4) } else { pool_size })
             .acquire_timeout(Duration::from_secs(3))
-            .connect(&url)
-            .await
-            .map_err(Error::ledger)?;
-        let ledger = SqlLedger { pool, dialect };
-        ledger.migrate().await?;
-        Ok(ledger)
+            .connect_lazy_with(options);
+        Ok(SqlLedger { pool, dialect })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -190,19 +195,6 @@ impl SqlLedger {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        if self.dialect == Dialect::Sqlite {
-            // WAL lets readers run beside the writer; the setting persists in the file.
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&self.pool).await.map_err(Error::ledger)?;
-        }
-        let migrator = match self.dialect {
-            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
-            Dialect::MySql => sqlx::migrate!("./migrations/mysql"),
-        };
-        migrator.run(&self.pool).await.map_err(Error::ledger)
     }
 
     /// A transaction that will write. SQLite takes its write lock up front (BEGIN IMMEDIATE): a
@@ -718,6 +710,19 @@ impl Ledger for SqlLedger {
             }
         }
         Ok(out)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        if self.dialect == Dialect::Sqlite {
+            // WAL lets readers run beside the writer; the setting persists in the file.
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&self.pool).await.map_err(Error::ledger)?;
+        }
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+            Dialect::MySql => sqlx::migrate!("./migrations/mysql"),
+        };
+        migrator.run(&self.pool).await.map_err(Error::ledger)
     }
 }
 

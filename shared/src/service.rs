@@ -95,7 +95,9 @@ impl Service {
         Service { seats, ledger, config: Arc::new(config) }
     }
 
-    /// Connects to the stores named by the configuration.
+    /// The service over the stores named by the configuration. Both connect lazily: this fails
+    /// only on a malformed URL, never because a store is down, and does not migrate the ledger
+    /// (see `migrate`), so a Lambda cold start needs neither the ledger nor DDL rights.
     pub async fn connect(config: Config) -> Result<Self> {
         let seats = SeatStore::connect(&config.redis_url)?;
         let ledger = crate::ledger::SqlLedger::connect_with(&config.ledger_url, config.ledger_pool_size).await?;
@@ -492,6 +494,11 @@ impl Service {
     pub async fn health(&self) -> Health {
         let (seats, ledger) = tokio::join!(self.seats.ping(), self.ledger.ping());
         Health { seat_store: seats.is_ok(), ledger: ledger.is_ok() }
+    }
+
+    /// Applies the ledger's migrations (`seatkeeper migrate`, and the local runner at its start).
+    pub async fn migrate(&self) -> Result<()> {
+        self.ledger.migrate().await
     }
 }
 

@@ -275,11 +275,13 @@ pub struct Options {
     /// Put a cuttable proxy between the service and the database (PostgreSQL and MySQL only).
     pub proxy: bool,
     pub admin_token: Option<String>,
+    /// `SEATKEEPER_CORS_ORIGINS`, parsed.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { proxy: false, admin_token: Some(ADMIN_TOKEN.to_owned()) }
+        Options { proxy: false, admin_token: Some(ADMIN_TOKEN.to_owned()), cors_origins: Vec::new() }
     }
 }
 
@@ -327,7 +329,9 @@ impl TestApp {
             ledger_pool_size: seatkeeper_core::config::DEFAULT_LEDGER_POOL_SIZE,
             ..Config::from_lookup(|_| None).expect("default configuration")
         };
+        let config = Config { cors_origins: opts.cors_origins.clone(), ..config };
         let svc = Service::connect(config).await.expect("service connects to its stores");
+        svc.migrate().await.expect("ledger migrations apply");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(seatkeeper_local::serve(svc.clone(), listener, std::future::pending()));

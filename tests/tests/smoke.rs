@@ -58,3 +58,101 @@ async fn health_names_a_store_that_is_down() {
     assert_eq!(health.body, json!({"status": "degraded", "seatStore": "down", "ledger": "ok"}));
     assert!(health.header("retry-after").is_some());
 }
+
+/// A schema of the OpenAPI document, `$ref`s followed.
+fn schema<'a>(doc: &'a serde_json::Value, v: &'a serde_json::Value) -> &'a serde_json::Value {
+    match v["$ref"].as_str().or_else(|| v["allOf"][0]["$ref"].as_str()) {
+        Some(r) => schema(doc, doc.pointer(r.trim_start_matches('#')).expect("$ref resolves")),
+        None => v,
+    }
+}
+
+/// The bounds the OpenAPI document gives are the ones the server enforces, at both edges: each
+/// policy number, metadata's size, key and value lengths, the idempotencyKey rule; maxSessions 0
+/// is accepted and refuses every create; HEAD and OPTIONS are documented where they are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_bounds_are_the_servers() {
+    use serde_json::Value;
+    let app = TestApp::start(Backend::Sqlite).await;
+    let doc = app.request(Method::GET, "/openapi.json", None, None).await.body;
+    let num = |v: &Value, k: &str| v[k].as_i64().unwrap_or_else(|| panic!("{k} documented in {v}"));
+
+    // Policy numbers: the documented minimum and maximum pass, one beyond either is 400.
+    let policy = &doc["components"]["schemas"]["FeaturePolicyInput"]["properties"];
+    let mut n = 0;
+    for field in
+        ["maxSessions", "maxSessionsPerUser", "leaseTtlSeconds", "heartbeatIntervalSeconds", "resurrectWindowSeconds"]
+    {
+        let (min, max) = (num(&policy[field], "minimum"), num(&policy[field], "maximum"));
+        for (value, ok) in [(min, true), (max, true), (min - 1, false), (max + 1, false)] {
+            n += 1;
+            let mut p = json!({"maxSessions": 1, "leaseTtlSeconds": 86_400});
+            p[field] = value.into();
+            let r =
+                app.admin(Method::PUT, &format!("/api/licenses/bounds-{n}"), Some(json!({"features": {"f": p}}))).await;
+            if ok {
+                assert_eq!(r.status, 201, "{field} = {value} is documented as allowed: {r:?}");
+            } else {
+                let err = r.expect_error(400, "invalid_request");
+                assert_eq!(err["field"], format!("features.f.{field}"), "{r:?}");
+            }
+        }
+    }
+
+    // maxSessions 0 is allowed and switches the feature off.
+    assert_eq!(num(&policy["maxSessions"], "minimum"), 0);
+    let (_, off) = app.simple_license(json!({"maxSessions": 0})).await;
+    app.create(&off, json!({"userId": "u1", "feature": "f"})).await.expect_error(409, "seat_limit_reached");
+
+    // Metadata and idempotencyKey.
+    let (_, key) = app.simple_license(json!({"maxSessions": 1_000})).await;
+    let schemas = &doc["components"]["schemas"];
+    let meta = schema(&doc, &schemas["CreateSessionRequest"]["properties"]["metadata"]);
+    let (entries, key_len) = (num(meta, "maxProperties") as usize, num(&meta["propertyNames"], "maxLength") as usize);
+    let value_len = num(&meta["additionalProperties"], "maxLength") as usize;
+    let idem = schema(&doc, &schemas["CreateSessionRequest"]["properties"]["idempotencyKey"]);
+    let idem_len = num(idem, "maxLength") as usize;
+    assert_eq!(idem["pattern"], schemas["Identifier"]["pattern"], "idempotencyKey follows the identifier rule");
+    let many = |count: usize| -> Value { (0..count).map(|i| (format!("k{i}"), Value::from("v"))).collect() };
+    let cases: Vec<(&str, Value, bool)> = vec![
+        ("metadata at its entry limit", json!({"metadata": many(entries)}), true),
+        ("metadata over its entry limit", json!({"metadata": many(entries + 1)}), false),
+        ("metadata key at its length limit", json!({"metadata": {"k".repeat(key_len): "v"}}), true),
+        ("metadata key over its length limit", json!({"metadata": {"k".repeat(key_len + 1): "v"}}), false),
+        ("metadata empty key", json!({"metadata": {"": "v"}}), false),
+        ("metadata value at its length limit", json!({"metadata": {"k": "v".repeat(value_len)}}), true),
+        ("metadata value over its length limit", json!({"metadata": {"k": "v".repeat(value_len + 1)}}), false),
+        ("idempotencyKey at its length limit", json!({"idempotencyKey": "i".repeat(idem_len)}), true),
+        ("idempotencyKey over its length limit", json!({"idempotencyKey": "i".repeat(idem_len + 1)}), false),
+        ("idempotencyKey outside the alphabet", json!({"idempotencyKey": "no spaces"}), false),
+    ];
+    for (i, (what, mut body, ok)) in cases.into_iter().enumerate() {
+        body["userId"] = format!("user-{i}").into();
+        body["feature"] = "f".into();
+        let r = app.create(&key, body).await;
+        if ok {
+            assert_eq!(r.status, 201, "{what}: {r:?}");
+        } else {
+            r.expect_error(400, "invalid_request");
+        }
+    }
+    // The same idempotencyKey from another user of the license and feature is 400.
+    let r = app.create(&key, json!({"userId": "other", "feature": "f", "idempotencyKey": "i".repeat(idem_len)})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "idempotencyKey", "{r:?}");
+
+    // HEAD where GET is served, OPTIONS everywhere; the revoked reason and the runner's codes.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        assert!(item.get("options").is_some(), "{path}: OPTIONS documented");
+        assert_eq!(item.get("get").is_some(), item.get("head").is_some(), "{path}: HEAD documented with GET");
+    }
+    let reasons = &schemas["SessionEndReason"]["enum"];
+    assert!(reasons.as_array().unwrap().contains(&json!("revoked")), "{reasons}");
+    let codes = schemas["ErrorCode"]["enum"].as_array().unwrap();
+    for code in ["payload_too_large", "request_timeout", "uri_too_long", "headers_too_large"] {
+        assert!(codes.contains(&json!(code)), "{code} documented");
+    }
+    let debug = &doc["paths"]["/api/licenses/sessions/debug"]["get"]["responses"];
+    assert!(debug.get("404").is_some(), "debug documents 404");
+    let r = app.admin(Method::GET, "/api/licenses/sessions/debug?userId=nobody&feature=f", None).await;
+    r.expect_error(404, "not_found");
+}

@@ -242,6 +242,10 @@ impl Ledger for TimedLedger {
         self.inner.forget_removed_feature(slot).await
     }
 
+    async fn migrate(&self) -> Result<()> {
+        self.inner.migrate().await
+    }
+
     async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>> {
         let t = Instant::now();
         let r = self.inner.user_sessions(user, feature, since_ms).await;

@@ -246,6 +246,10 @@ impl Ledger for TimedLedger {
         self.inner.migrate().await
     }
 
+    async fn delete_license(&self, id: &Ident, now_ms: i64) -> Result<Option<Vec<Ident>>> {
+        self.inner.delete_license(id, now_ms).await
+    }
+
     async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>> {
         let t = Instant::now();
         let r = self.inner.user_sessions(user, feature, since_ms).await;

@@ -104,6 +104,9 @@ pub trait Ledger: Send + Sync {
         now_ms: i64,
     ) -> Result<PutLicense>;
     async fn license(&self, id: &Ident) -> Result<Option<License>>;
+    /// Removes a license: its key stops working at once, its features stay marked removed until the
+    /// sweep has ended their sessions. Returns the features it had, or `None` for an unknown license.
+    async fn delete_license(&self, id: &Ident, now_ms: i64) -> Result<Option<Vec<Ident>>>;
     async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>>;
     /// Records a new session and, in the same transaction, the ends it caused (takeover, eviction).
     /// A session already recorded is left as it is (a replayed create may write it first).
@@ -497,6 +500,37 @@ impl Ledger for SqlLedger {
 
     async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>> {
         self.license_where("key_hash", key_hash).await
+    }
+
+    async fn delete_license(&self, id: &Ident, now_ms: i64) -> Result<Option<Vec<Ident>>> {
+        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
+        let deleted = sqlx::query(self.sql("DELETE FROM licenses WHERE license_id = ?"))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::ledger)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(None);
+        }
+        let rows =
+            sqlx::query(self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"))
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(Error::ledger)?;
+        let features = rows
+            .iter()
+            .map(|r| Ident::parse("feature", &r.try_get::<String, _>(0).map_err(Error::ledger)?))
+            .collect::<Result<Vec<_>>>()?;
+        sqlx::query(self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"))
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::ledger)?;
+        tx.commit().await.map_err(Error::ledger)?;
+        Ok(Some(features))
     }
 
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()> {

@@ -21,6 +21,9 @@ pub struct Config {
     /// Origins allowed to call from a browser (`SEATKEEPER_CORS_ORIGINS`, comma-separated; may
     /// list `chrome-extension://<id>`). Empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// How long a license looked up by key is reused without the ledger
+    /// (`SEATKEEPER_LICENSE_CACHE_SECONDS`, default 5; 0 turns the cache off).
+    pub license_cache: Duration,
 }
 
 impl Config {
@@ -48,6 +51,15 @@ impl Config {
             },
             sweep_interval: Duration::from_secs(num("SEATKEEPER_SWEEP_INTERVAL_SECONDS", 900)?.into()),
             ledger_pool_size: num("SEATKEEPER_LEDGER_POOL_SIZE", DEFAULT_LEDGER_POOL_SIZE)?,
+            license_cache: match get("SEATKEEPER_LICENSE_CACHE_SECONDS") {
+                None => Duration::from_secs(5),
+                Some(v) => Duration::from_secs(v.trim().parse::<u64>().map_err(|_| {
+                    Error::invalid(
+                        "SEATKEEPER_LICENSE_CACHE_SECONDS",
+                        "SEATKEEPER_LICENSE_CACHE_SECONDS must be a whole number of seconds, 0 or more",
+                    )
+                })?),
+            },
             cors_origins: get("SEATKEEPER_CORS_ORIGINS")
                 .map(|v| {
                     v.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect()

@@ -18,7 +18,7 @@ impl Store {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{message}")]
     InvalidRequest { field: Option<String>, message: String },
@@ -33,8 +33,10 @@ pub enum Error {
     #[error("the session is over ({})", reason.as_str())]
     SessionExpired { reason: EndReason },
     /// A store could not be reached or answered with an error. `detail` is for logs only.
+    /// `transient`: a conflict with concurrent work (a deadlock, a busy database) that the same
+    /// operation may well get through on a second try.
     #[error("the {} is unavailable", store.as_str())]
-    StoreUnavailable { store: Store, detail: String },
+    StoreUnavailable { store: Store, detail: String, transient: bool },
 }
 
 impl Error {
@@ -47,11 +49,15 @@ impl Error {
     }
 
     pub fn ledger(e: impl std::fmt::Display) -> Self {
-        Error::StoreUnavailable { store: Store::Ledger, detail: e.to_string() }
+        Error::StoreUnavailable { store: Store::Ledger, detail: e.to_string(), transient: false }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::StoreUnavailable { transient: true, .. })
     }
 
     pub fn seat_store(e: impl std::fmt::Display) -> Self {
-        Error::StoreUnavailable { store: Store::SeatStore, detail: e.to_string() }
+        Error::StoreUnavailable { store: Store::SeatStore, detail: e.to_string(), transient: false }
     }
 }
 

@@ -180,7 +180,7 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::GONE, "session_expired", format!("the session is over ({})", reason.as_str()))
                     .detail("reason", reason.as_str())
             }
-            Error::StoreUnavailable { store, detail } => {
+            Error::StoreUnavailable { store, detail, .. } => {
                 tracing::error!(store = store.as_str(), error = %detail, "store unavailable");
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -51,6 +51,13 @@ pub struct SessionEnd {
     pub last_heartbeat_at_ms: Option<i64>,
 }
 
+/// A new session to record, with the ends it caused (takeover, eviction).
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub row: SessionRow,
+    pub ends: Vec<SessionEnd>,
+}
+
 /// What `put_license` did.
 #[derive(Debug)]
 pub struct PutLicense {
@@ -111,6 +118,15 @@ pub trait Ledger: Send + Sync {
     /// Records a new session and, in the same transaction, the ends it caused (takeover, eviction).
     /// A session already recorded is left as it is (a replayed create may write it first).
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()>;
+    /// Records several new sessions, as `insert_session` each, in as few transactions as the
+    /// backend allows; returns each one's result, in order.
+    async fn insert_sessions(&self, batch: &[NewSession]) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for s in batch {
+            out.push(self.insert_session(&s.row, &s.ends).await);
+        }
+        out
+    }
     /// Records ends of sessions still active in the ledger (the lease's expiry becomes the end
     /// time); returns the ids it changed.
     async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>>;
@@ -184,7 +200,7 @@ impl SqlLedger {
                 url.split(':').next().unwrap_or("")
             )));
         };
-        let options: AnyConnectOptions = url.parse().map_err(Error::ledger)?;
+        let options: AnyConnectOptions = url.parse().map_err(db)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { pool_size.min(4) } else { pool_size })
             .acquire_timeout(Duration::from_secs(3))
@@ -243,16 +259,16 @@ impl SqlLedger {
              f.resurrect_window_seconds FROM licenses l LEFT JOIN license_features f \
              ON f.license_id = l.license_id AND f.removed_at IS NULL WHERE l.{column} = ?"
         );
-        let rows = sqlx::query(self.sql(&q)).bind(value).fetch_all(&self.pool).await.map_err(Error::ledger)?;
+        let rows = sqlx::query(self.sql(&q)).bind(value).fetch_all(&self.pool).await.map_err(db)?;
         let Some(first) = rows.first() else { return Ok(None) };
         let mut features = BTreeMap::new();
         for r in &rows {
-            let Some(feature) = r.try_get::<Option<String>, _>("feature").map_err(Error::ledger)? else {
+            let Some(feature) = r.try_get::<Option<String>, _>("feature").map_err(db)? else {
                 continue; // a license with no features
             };
-            let int = |c: &str| -> Result<u32> { Ok(r.try_get::<i64, _>(c).map_err(Error::ledger)? as u32) };
-            let on_limit: String = r.try_get("on_limit").map_err(Error::ledger)?;
-            let per_user: Option<i64> = r.try_get("max_sessions_per_user").map_err(Error::ledger)?;
+            let int = |c: &str| -> Result<u32> { Ok(r.try_get::<i64, _>(c).map_err(db)? as u32) };
+            let on_limit: String = r.try_get("on_limit").map_err(db)?;
+            let per_user: Option<i64> = r.try_get("max_sessions_per_user").map_err(db)?;
             features.insert(
                 Ident::parse("feature", &feature)?,
                 FeaturePolicy {
@@ -265,13 +281,13 @@ impl SqlLedger {
                 },
             );
         }
-        let id: String = first.try_get("license_id").map_err(Error::ledger)?;
+        let id: String = first.try_get("license_id").map_err(db)?;
         Ok(Some(License {
             id: Ident::parse("licenseId", &id)?,
             features,
-            created_at_ms: first.try_get("created_at").map_err(Error::ledger)?,
-            updated_at_ms: first.try_get("updated_at").map_err(Error::ledger)?,
-            version: first.try_get("version").map_err(Error::ledger)?,
+            created_at_ms: first.try_get("created_at").map_err(db)?,
+            updated_at_ms: first.try_get("updated_at").map_err(db)?,
+            version: first.try_get("version").map_err(db)?,
         }))
     }
 
@@ -284,8 +300,8 @@ impl SqlLedger {
         for b in binds {
             query = query.bind(*b);
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(Error::ledger)?;
-        rows.iter().map(session_row).collect::<std::result::Result<_, _>>().map_err(Error::ledger)
+        let rows = query.fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(session_row).collect::<std::result::Result<_, _>>().map_err(db)
     }
 
     async fn insert_event(
@@ -308,13 +324,16 @@ impl SqlLedger {
         .bind(at_ms)
         .execute(tx)
         .await
-        .map_err(Error::ledger)
+        .map_err(db)
         .map(drop)
     }
 
     /// Ends the given sessions inside an open transaction; returns the ids it changed.
     async fn end_in(&self, tx: &mut sqlx::AnyConnection, ends: &[SessionEnd]) -> Result<Vec<String>> {
         let mut changed = Vec::new();
+        // Rows locked in one order by every transaction: two of them never wait on each other.
+        let mut ends: Vec<&SessionEnd> = ends.iter().collect();
+        ends.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         for end in ends {
             let q = "UPDATE sessions SET status = ?, ended_at = ?, \
                      last_heartbeat_at = CASE WHEN ? > last_heartbeat_at THEN ? ELSE last_heartbeat_at END, \
@@ -330,7 +349,7 @@ impl SqlLedger {
                 .bind(&end.session_id)
                 .execute(&mut *tx)
                 .await
-                .map_err(Error::ledger)?;
+                .map_err(db)?;
             if done.rows_affected() == 1 {
                 changed.push(end.session_id.clone());
             }
@@ -348,7 +367,7 @@ impl SqlLedger {
             for id in ids {
                 select = select.bind(id);
             }
-            let rows = select.fetch_all(&mut *tx).await.map_err(Error::ledger)?;
+            let rows = select.fetch_all(&mut *tx).await.map_err(db)?;
             let q = format!(
                 "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) VALUES {}",
                 vec![format!("({})", Self::placeholders(6)); rows.len()].join(", ")
@@ -356,15 +375,72 @@ impl SqlLedger {
             let mut insert = sqlx::query(self.sql(&q));
             for r in &rows {
                 for col in 0..5 {
-                    insert = insert.bind(r.try_get::<String, _>(col).map_err(Error::ledger)?);
+                    insert = insert.bind(r.try_get::<String, _>(col).map_err(db)?);
                 }
-                insert = insert.bind(r.try_get::<i64, _>(5).map_err(Error::ledger)?);
+                insert = insert.bind(r.try_get::<i64, _>(5).map_err(db)?);
             }
             if !rows.is_empty() {
-                insert.execute(&mut *tx).await.map_err(Error::ledger)?;
+                insert.execute(&mut *tx).await.map_err(db)?;
             }
         }
         Ok(changed)
+    }
+}
+
+impl SqlLedger {
+    /// New sessions and their ends in one transaction, rows and events in multi-row statements.
+    async fn insert_batch(&self, batch: &[NewSession]) -> Result<()> {
+        retried(|| async move {
+            // 13 columns a row: 70 rows stay under SQLite's oldest limit of 999 bound values.
+            const ROWS: usize = 70;
+            let mut tx = self.begin_write().await.map_err(db)?;
+            let ends: Vec<SessionEnd> = batch.iter().flat_map(|s| s.ends.iter().cloned()).collect();
+            self.end_in(&mut tx, &ends).await?;
+            for chunk in batch.chunks(ROWS) {
+                let q = format!(
+                    "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
+                     metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) VALUES {}",
+                    vec![format!("({})", Self::placeholders(13)); chunk.len()].join(", ")
+                );
+                let mut insert = sqlx::query(self.sql(&q));
+                for s in chunk {
+                    let r = &s.row;
+                    insert = insert
+                        .bind(&r.session_id)
+                        .bind(&r.license_id)
+                        .bind(&r.feature)
+                        .bind(&r.user_id)
+                        .bind(&r.device_id)
+                        .bind(&r.token_hash)
+                        .bind(&r.idempotency_key)
+                        .bind(&r.metadata)
+                        .bind(&r.status)
+                        .bind(r.created_at_ms)
+                        .bind(r.last_heartbeat_at_ms)
+                        .bind(r.expires_at_ms)
+                        .bind(r.ended_at_ms);
+                }
+                insert.execute(&mut *tx).await.map_err(db)?;
+                let q = format!(
+                    "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) VALUES {}",
+                    vec![format!("({})", Self::placeholders(6)); chunk.len()].join(", ")
+                );
+                let mut events = sqlx::query(self.sql(&q));
+                for s in chunk {
+                    let r = &s.row;
+                    events = events
+                        .bind(&r.license_id)
+                        .bind(&r.feature)
+                        .bind(&r.session_id)
+                        .bind(&r.user_id)
+                        .bind("created")
+                        .bind(r.created_at_ms);
+                }
+                events.execute(&mut *tx).await.map_err(db)?;
+            }
+            tx.commit().await.map_err(db)
+        })
+        .await
     }
 }
 
@@ -388,8 +464,41 @@ fn session_row(r: &AnyRow) -> std::result::Result<SessionRow, sqlx::Error> {
 
 /// A (license_id, feature) row as a slot.
 fn slot_of(r: &AnyRow) -> Result<Slot> {
-    let (l, f): (String, String) = (r.try_get(0).map_err(Error::ledger)?, r.try_get(1).map_err(Error::ledger)?);
+    let (l, f): (String, String) = (r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?);
     Ok(Slot { license: Ident::parse("licenseId", &l)?, feature: Ident::parse("feature", &f)? })
+}
+
+/// A database error as the service's: transient when concurrent transactions conflicted (a
+/// deadlock, a serialization failure, SQLite busy), which a retry of the whole transaction resolves.
+fn db(e: sqlx::Error) -> Error {
+    let transient = match &e {
+        sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("40001" | "40P01" | "1213" | "5" | "517" | "6"))
+                || d.message().contains("Deadlock found")
+        }
+        _ => false,
+    };
+    Error::StoreUnavailable { store: crate::error::Store::Ledger, detail: e.to_string(), transient }
+}
+
+/// Runs a write transaction again when it lost a conflict with a concurrent one (up to 5 tries,
+/// a few milliseconds apart, jittered so that the two do not meet again).
+async fn retried<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && tries < 4 => {
+                tries += 1;
+                let pause = 2u64.pow(tries) + rand::random_range(0..5u64);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -399,7 +508,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[async_trait]
 impl Ledger for SqlLedger {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(Error::ledger).map(drop)
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db).map(drop)
     }
 
     async fn put_license(
@@ -409,89 +518,95 @@ impl Ledger for SqlLedger {
         features: &BTreeMap<Ident, FeaturePolicy>,
         now_ms: i64,
     ) -> Result<PutLicense> {
-        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
-        let exists = sqlx::query(self.sql("SELECT created_at FROM licenses WHERE license_id = ?"))
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(Error::ledger)?
-            .is_some();
-        let write = if exists {
-            sqlx::query(self.sql(
-                "UPDATE licenses SET key_hash = COALESCE(?, key_hash), updated_at = ?, version = version + 1 \
-                 WHERE license_id = ?",
-            ))
-            .bind(key_hash)
-            .bind(now_ms)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-        } else {
-            let key_hash = key_hash.ok_or_else(|| Error::invalid("key", "key is required"))?;
-            sqlx::query(
-                self.sql("INSERT INTO licenses (license_id, key_hash, created_at, updated_at) VALUES (?, ?, ?, ?)"),
-            )
-            .bind(id.as_str())
-            .bind(key_hash)
-            .bind(now_ms)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-        };
-        match write {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(Error::invalid("key", "key is already in use by another license"));
-            }
-            other => other.map_err(Error::ledger)?,
-        };
-        // Features left out stay, marked removed, until the sweep has ended their sessions.
-        let current =
-            sqlx::query(self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"))
+        retried(|| async move {
+            let mut tx = self.begin_write().await.map_err(db)?;
+            let exists = sqlx::query(self.sql("SELECT created_at FROM licenses WHERE license_id = ?"))
                 .bind(id.as_str())
-                .fetch_all(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(Error::ledger)?;
-        let mut removed = Vec::new();
-        for r in &current {
-            let f: String = r.try_get(0).map_err(Error::ledger)?;
-            let f = Ident::parse("feature", &f)?;
-            if !features.contains_key(&f) {
-                removed.push(f);
-            }
-        }
-        sqlx::query(self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"))
-            .bind(now_ms)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::ledger)?;
-        for (feature, p) in features {
-            sqlx::query(self.sql("DELETE FROM license_features WHERE license_id = ? AND feature = ?"))
+                .map_err(db)?
+                .is_some();
+            let write = if exists {
+                sqlx::query(self.sql(
+                    "UPDATE licenses SET key_hash = COALESCE(?, key_hash), updated_at = ?, version = version + 1 \
+                     WHERE license_id = ?",
+                ))
+                .bind(key_hash)
+                .bind(now_ms)
                 .bind(id.as_str())
-                .bind(feature.as_str())
                 .execute(&mut *tx)
                 .await
-                .map_err(Error::ledger)?;
-            sqlx::query(self.sql(&format!(
-                "INSERT INTO license_features (license_id, feature, max_sessions, max_sessions_per_user, on_limit, \
-                 lease_ttl_seconds, heartbeat_interval_seconds, resurrect_window_seconds) VALUES ({})",
-                Self::placeholders(8)
-            )))
+            } else {
+                let key_hash = key_hash.ok_or_else(|| Error::invalid("key", "key is required"))?;
+                sqlx::query(
+                    self.sql("INSERT INTO licenses (license_id, key_hash, created_at, updated_at) VALUES (?, ?, ?, ?)"),
+                )
+                .bind(id.as_str())
+                .bind(key_hash)
+                .bind(now_ms)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+            };
+            match write {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(Error::invalid("key", "key is already in use by another license"));
+                }
+                other => other.map_err(db)?,
+            };
+            // Features left out stay, marked removed, until the sweep has ended their sessions.
+            let current = sqlx::query(
+                self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"),
+            )
             .bind(id.as_str())
-            .bind(feature.as_str())
-            .bind(i64::from(p.max_sessions))
-            .bind(p.max_sessions_per_user.map(i64::from))
-            .bind(p.on_limit.as_str())
-            .bind(i64::from(p.lease_ttl_seconds))
-            .bind(i64::from(p.heartbeat_interval_seconds))
-            .bind(i64::from(p.resurrect_window_seconds))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            let mut removed = Vec::new();
+            for r in &current {
+                let f: String = r.try_get(0).map_err(db)?;
+                let f = Ident::parse("feature", &f)?;
+                if !features.contains_key(&f) {
+                    removed.push(f);
+                }
+            }
+            sqlx::query(
+                self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"),
+            )
+            .bind(now_ms)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
-            .map_err(Error::ledger)?;
-        }
-        tx.commit().await.map_err(Error::ledger)?;
-        let license = self.license(id).await?.ok_or_else(|| Error::ledger("license vanished after write"))?;
-        Ok(PutLicense { created: !exists, license, removed })
+            .map_err(db)?;
+            for (feature, p) in features {
+                sqlx::query(self.sql("DELETE FROM license_features WHERE license_id = ? AND feature = ?"))
+                    .bind(id.as_str())
+                    .bind(feature.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query(self.sql(&format!(
+                    "INSERT INTO license_features (license_id, feature, max_sessions, max_sessions_per_user, on_limit, \
+                     lease_ttl_seconds, heartbeat_interval_seconds, resurrect_window_seconds) VALUES ({})",
+                    Self::placeholders(8)
+                )))
+                .bind(id.as_str())
+                .bind(feature.as_str())
+                .bind(i64::from(p.max_sessions))
+                .bind(p.max_sessions_per_user.map(i64::from))
+                .bind(p.on_limit.as_str())
+                .bind(i64::from(p.lease_ttl_seconds))
+                .bind(i64::from(p.heartbeat_interval_seconds))
+                .bind(i64::from(p.resurrect_window_seconds))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            tx.commit().await.map_err(db)?;
+            let license = self.license(id).await?.ok_or_else(|| Error::ledger("license vanished after write"))?;
+            Ok(PutLicense { created: !exists, license, removed })
+        })
+        .await
     }
 
     async fn license(&self, id: &Ident) -> Result<Option<License>> {
@@ -503,84 +618,115 @@ impl Ledger for SqlLedger {
     }
 
     async fn delete_license(&self, id: &Ident, now_ms: i64) -> Result<Option<Vec<Ident>>> {
-        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
-        let deleted = sqlx::query(self.sql("DELETE FROM licenses WHERE license_id = ?"))
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::ledger)?
-            .rows_affected();
-        if deleted == 0 {
-            return Ok(None);
-        }
-        let rows =
-            sqlx::query(self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"))
+        retried(|| async move {
+            let mut tx = self.begin_write().await.map_err(db)?;
+            let deleted = sqlx::query(self.sql("DELETE FROM licenses WHERE license_id = ?"))
                 .bind(id.as_str())
-                .fetch_all(&mut *tx)
+                .execute(&mut *tx)
                 .await
-                .map_err(Error::ledger)?;
-        let features = rows
-            .iter()
-            .map(|r| Ident::parse("feature", &r.try_get::<String, _>(0).map_err(Error::ledger)?))
-            .collect::<Result<Vec<_>>>()?;
-        sqlx::query(self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"))
+                .map_err(db)?
+                .rows_affected();
+            if deleted == 0 {
+                return Ok(None);
+            }
+            let rows = sqlx::query(
+                self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"),
+            )
+            .bind(id.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            let features = rows
+                .iter()
+                .map(|r| Ident::parse("feature", &r.try_get::<String, _>(0).map_err(db)?))
+                .collect::<Result<Vec<_>>>()?;
+            sqlx::query(
+                self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"),
+            )
             .bind(now_ms)
             .bind(id.as_str())
             .execute(&mut *tx)
             .await
-            .map_err(Error::ledger)?;
-        tx.commit().await.map_err(Error::ledger)?;
-        Ok(Some(features))
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(Some(features))
+        })
+        .await
     }
 
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()> {
-        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
-        self.end_in(&mut tx, ends).await?;
-        let inserted = sqlx::query(self.sql(&format!(
-            "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
-             metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) VALUES ({})",
-            Self::placeholders(13)
-        )))
-        .bind(&row.session_id)
-        .bind(&row.license_id)
-        .bind(&row.feature)
-        .bind(&row.user_id)
-        .bind(&row.device_id)
-        .bind(&row.token_hash)
-        .bind(&row.idempotency_key)
-        .bind(&row.metadata)
-        .bind(&row.status)
-        .bind(row.created_at_ms)
-        .bind(row.last_heartbeat_at_ms)
-        .bind(row.expires_at_ms)
-        .bind(row.ended_at_ms)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            // Recorded already: by the create itself, or by a replay of it.
-            Err(e) if is_unique_violation(&e) => return Ok(()),
-            other => other.map_err(Error::ledger)?,
-        };
-        self.insert_event(
-            &mut tx,
-            (&row.license_id, &row.feature),
-            Some(&row.session_id),
-            &row.user_id,
-            "created",
-            row.created_at_ms,
-        )
-        .await?;
-        tx.commit().await.map_err(Error::ledger)
+        retried(|| async move {
+            let mut tx = self.begin_write().await.map_err(db)?;
+            self.end_in(&mut tx, ends).await?;
+            let inserted = sqlx::query(self.sql(&format!(
+                "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
+                 metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) VALUES ({})",
+                Self::placeholders(13)
+            )))
+            .bind(&row.session_id)
+            .bind(&row.license_id)
+            .bind(&row.feature)
+            .bind(&row.user_id)
+            .bind(&row.device_id)
+            .bind(&row.token_hash)
+            .bind(&row.idempotency_key)
+            .bind(&row.metadata)
+            .bind(&row.status)
+            .bind(row.created_at_ms)
+            .bind(row.last_heartbeat_at_ms)
+            .bind(row.expires_at_ms)
+            .bind(row.ended_at_ms)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                // Recorded already: by the create itself, or by a replay of it.
+                Err(e) if is_unique_violation(&e) => return Ok(()),
+                other => other.map_err(db)?,
+            };
+            self.insert_event(
+                &mut tx,
+                (&row.license_id, &row.feature),
+                Some(&row.session_id),
+                &row.user_id,
+                "created",
+                row.created_at_ms,
+            )
+            .await?;
+            tx.commit().await.map_err(db)
+        })
+        .await
+    }
+
+    async fn insert_sessions(&self, batch: &[NewSession]) -> Vec<Result<()>> {
+        if batch.len() == 1 {
+            return vec![self.insert_session(&batch[0].row, &batch[0].ends).await];
+        }
+        match self.insert_batch(batch).await {
+            Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+            // One row the batch could not take (recorded already, or refused) fails the whole
+            // transaction: each row then goes alone and gets its own answer.
+            Err(e) => {
+                tracing::debug!(error = %e, rows = batch.len(), "batched session insert failed; inserting one by one");
+                let mut out = Vec::with_capacity(batch.len());
+                for s in batch {
+                    out.push(self.insert_session(&s.row, &s.ends).await);
+                }
+                out
+            }
+        }
     }
 
     async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>> {
-        if ends.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
-        let changed = self.end_in(&mut tx, ends).await?;
-        tx.commit().await.map_err(Error::ledger)?;
-        Ok(changed)
+        retried(|| async move {
+            if ends.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut tx = self.begin_write().await.map_err(db)?;
+            let changed = self.end_in(&mut tx, ends).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(changed)
+        })
+        .await
     }
 
     async fn session(&self, session_id: &str) -> Result<Option<SessionRow>> {
@@ -603,12 +749,12 @@ impl Ledger for SqlLedger {
         .bind(slot.feature.as_str())
         .fetch_one(&self.pool)
         .await
-        .map_err(Error::ledger)?;
+        .map_err(db)?;
         Ok(n as u64)
     }
 
     async fn record_limit_rejection(&self, slot: &Slot, user: &Ident, at_ms: i64) -> Result<()> {
-        let mut conn = self.pool.acquire().await.map_err(Error::ledger)?;
+        let mut conn = self.pool.acquire().await.map_err(db)?;
         self.insert_event(
             &mut conn,
             (slot.license.as_str(), slot.feature.as_str()),
@@ -625,17 +771,15 @@ impl Ledger for SqlLedger {
             sqlx::query("SELECT license_id, feature, removed_at FROM license_features ORDER BY license_id, feature")
                 .fetch_all(&self.pool)
                 .await
-                .map_err(Error::ledger)?;
-        rows.iter()
-            .map(|r| Ok(SlotEntry { slot: slot_of(r)?, removed_at_ms: r.try_get(2).map_err(Error::ledger)? }))
-            .collect()
+                .map_err(db)?;
+        rows.iter().map(|r| Ok(SlotEntry { slot: slot_of(r)?, removed_at_ms: r.try_get(2).map_err(db)? })).collect()
     }
 
     async fn active_slots(&self) -> Result<Vec<Slot>> {
         let rows = sqlx::query("SELECT DISTINCT license_id, feature FROM sessions WHERE status = 'active'")
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::ledger)?;
+            .map_err(db)?;
         rows.iter().map(slot_of).collect()
     }
 
@@ -647,7 +791,7 @@ impl Ledger for SqlLedger {
         .bind(slot.feature.as_str())
         .execute(&self.pool)
         .await
-        .map_err(Error::ledger)
+        .map_err(db)
         .map(drop)
     }
 
@@ -659,27 +803,30 @@ impl Ledger for SqlLedger {
     }
 
     async fn write_heartbeats(&self, beats: &[(String, i64, i64)]) -> Result<u64> {
-        if beats.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.begin_write().await.map_err(Error::ledger)?;
-        let mut n = 0;
-        for (sid, hb, exp) in beats {
-            n += sqlx::query(self.sql(
-                "UPDATE sessions SET last_heartbeat_at = ?, expires_at = ? \
-                 WHERE session_id = ? AND status = 'active' AND last_heartbeat_at < ?",
-            ))
-            .bind(hb)
-            .bind(exp)
-            .bind(sid)
-            .bind(hb)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::ledger)?
-            .rows_affected();
-        }
-        tx.commit().await.map_err(Error::ledger)?;
-        Ok(n)
+        retried(|| async move {
+            if beats.is_empty() {
+                return Ok(0);
+            }
+            let mut tx = self.begin_write().await.map_err(db)?;
+            let mut n = 0;
+            for (sid, hb, exp) in beats {
+                n += sqlx::query(self.sql(
+                    "UPDATE sessions SET last_heartbeat_at = ?, expires_at = ? \
+                     WHERE session_id = ? AND status = 'active' AND last_heartbeat_at < ?",
+                ))
+                .bind(hb)
+                .bind(exp)
+                .bind(sid)
+                .bind(hb)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+            }
+            tx.commit().await.map_err(db)?;
+            Ok(n)
+        })
+        .await
     }
 
     async fn stats(&self, license: &Ident, since_ms: i64, now_ms: i64) -> Result<BTreeMap<String, FeatureStats>> {
@@ -692,11 +839,11 @@ impl Ledger for SqlLedger {
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await
-        .map_err(Error::ledger)?;
+        .map_err(db)?;
         for r in rows {
-            let feature: String = r.try_get(0).map_err(Error::ledger)?;
-            let kind: String = r.try_get(1).map_err(Error::ledger)?;
-            let n: i64 = r.try_get(2).map_err(Error::ledger)?;
+            let feature: String = r.try_get(0).map_err(db)?;
+            let kind: String = r.try_get(1).map_err(db)?;
+            let n: i64 = r.try_get(2).map_err(db)?;
             let s = out.entry(feature).or_default();
             match kind.as_str() {
                 "created" => s.created = n as u64,
@@ -719,14 +866,14 @@ impl Ledger for SqlLedger {
         .bind(now_ms)
         .fetch_all(&self.pool)
         .await
-        .map_err(Error::ledger)?;
+        .map_err(db)?;
         for r in rows {
-            let feature: String = r.try_get(0).map_err(Error::ledger)?;
+            let feature: String = r.try_get(0).map_err(db)?;
             let span = SessionSpan {
-                created_ms: r.try_get(1).map_err(Error::ledger)?,
-                end_ms: r.try_get(2).map_err(Error::ledger)?,
-                expires_ms: r.try_get(3).map_err(Error::ledger)?,
-                session_id: r.try_get(4).map_err(Error::ledger)?,
+                created_ms: r.try_get(1).map_err(db)?,
+                end_ms: r.try_get(2).map_err(db)?,
+                expires_ms: r.try_get(3).map_err(db)?,
+                session_id: r.try_get(4).map_err(db)?,
                 feature: feature.clone(),
             };
             out.entry(feature).or_default().spans.push(span);
@@ -749,7 +896,7 @@ impl Ledger for SqlLedger {
     async fn migrate(&self) -> Result<()> {
         if self.dialect == Dialect::Sqlite {
             // WAL lets readers run beside the writer; the setting persists in the file.
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&self.pool).await.map_err(Error::ledger)?;
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&self.pool).await.map_err(db)?;
         }
         let migrator = match self.dialect {
             Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),

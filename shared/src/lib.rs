@@ -7,6 +7,7 @@
 //! - [`http`]: the route table and the contract's request and response shapes.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod service;
 pub mod sweep;
 pub mod telemetry;
 pub mod token;
+pub mod writer;
 
 pub use config::Config;
 pub use error::{Error, Result};

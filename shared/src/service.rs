@@ -4,14 +4,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::cache::LicenseCache;
 use crate::config::Config;
 use crate::domain::{validate_license_key, EndReason, FeaturePolicy, FeaturePolicyInput, Ident, License, Slot};
 use crate::error::{Error, Result};
+use crate::ledger::NewSession;
 use crate::ledger::{Ledger, SessionEnd, SessionRow, ACTIVE};
 use crate::seats::{
     CreateOutcome, EndOutcome, HeartbeatOutcome, NewSeat, PolicyApplied, RebuildSeat, SeatStore, Versioned,
 };
 use crate::token;
+use crate::writer::Writer;
 
 /// How long a create waits for its ledger row. Past it the seat is given back and the client hears
 /// 503; the sweep's grace for a seat without a row (30 s) is longer, so it never races a create.
@@ -24,6 +27,9 @@ pub struct Service {
     pub(crate) seats: SeatStore,
     pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) config: Arc<Config>,
+    /// Group commit of session rows and ends.
+    writer: Writer,
+    licenses: Arc<LicenseCache>,
 }
 
 /// A create, validated.
@@ -92,7 +98,13 @@ pub struct Health {
 
 impl Service {
     pub fn new(seats: SeatStore, ledger: Arc<dyn Ledger>, config: Config) -> Self {
-        Service { seats, ledger, config: Arc::new(config) }
+        Service {
+            seats,
+            writer: Writer::new(ledger.clone()),
+            licenses: Arc::new(LicenseCache::new(config.license_cache)),
+            ledger,
+            config: Arc::new(config),
+        }
     }
 
     /// The service over the stores named by the configuration. Both connect lazily: this fails
@@ -119,11 +131,7 @@ impl Service {
     pub async fn create_session(&self, license_key: &str, req: CreateSession) -> Result<Session> {
         validate_license_key("Authorization", license_key)
             .map_err(|_| Error::Unauthorized("missing or malformed license key"))?;
-        let license = self
-            .ledger
-            .license_by_key_hash(&token::hash_secret(license_key))
-            .await?
-            .ok_or(Error::Unauthorized("unknown license key"))?;
+        let license = self.license_by_key(license_key).await?.ok_or(Error::Unauthorized("unknown license key"))?;
         tracing::Span::current().record("license", license.id.as_str());
         if req.license.as_ref().is_some_and(|l| *l != license.id) {
             return Err(Error::Forbidden("the license key does not belong to licenseId"));
@@ -212,9 +220,12 @@ impl Service {
                     })
                     .collect();
                 let row = row(&session_id, &minted.hash, device.clone(), now_ms, expires_ms);
-                let written = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.ledger.insert_session(&row, &ends))
-                    .await
-                    .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
+                let written = tokio::time::timeout(
+                    LEDGER_WRITE_TIMEOUT,
+                    self.writer.insert(NewSession { row, ends: ends.clone() }),
+                )
+                .await
+                .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
                 if let Err(e) = written {
                     // Nothing half-done: the seat goes back, and the sessions this create ended come
                     // back as they were, before the client hears of the failure.
@@ -302,8 +313,22 @@ impl Service {
         if !matches!(outcome, CreateOutcome::Rebuild) {
             return Ok(outcome);
         }
-        self.rebuild(slot).await?;
+        if self.rebuild_slot(slot).await?.is_none() {
+            // The license this create read (from the cache) no longer has the feature.
+            return Ok(CreateOutcome::Revoked);
+        }
         self.seats.create(slot, policy, seat).await
+    }
+
+    /// A license by its key: from the cache when it was looked up lately, else from the ledger.
+    async fn license_by_key(&self, license_key: &str) -> Result<Option<crate::domain::License>> {
+        let key_hash = token::hash_secret(license_key);
+        if let Some(cached) = self.licenses.get(&key_hash) {
+            return Ok(cached);
+        }
+        let license = self.ledger.license_by_key_hash(&key_hash).await?;
+        self.licenses.put(&key_hash, license.clone());
+        Ok(license)
     }
 
     pub async fn heartbeat(&self, session_token: &str) -> Result<Renewed> {
@@ -361,8 +386,9 @@ impl Service {
     /// Records ends in the ledger after the seat store has freed the seats. The seats are free
     /// whatever happens here; an end the ledger misses is copied there by the next sweep.
     pub(crate) async fn record_ends(&self, ends: Vec<SessionEnd>) {
-        if let Err(e) = self.ledger.end_sessions(&ends).await {
-            tracing::warn!(error = %e, sessions = ends.len(), "ledger missed session ends; the sweep will record them");
+        let n = ends.len();
+        if let Err(e) = self.writer.end(ends).await {
+            tracing::warn!(error = %e, sessions = n, "ledger missed session ends; the sweep will record them");
         }
     }
 
@@ -379,8 +405,13 @@ impl Service {
 
     /// Restores a slot that lost its data (or never had any) from the ledger's live sessions.
     pub async fn rebuild(&self, slot: &Slot) -> Result<u64> {
-        let Some(license) = self.ledger.license(&slot.license).await? else { return Ok(0) };
-        let Some(policy) = license.features.get(&slot.feature) else { return Ok(0) };
+        Ok(self.rebuild_slot(slot).await?.unwrap_or(0))
+    }
+
+    /// As `rebuild`; `None` when the license has no such feature (any more).
+    async fn rebuild_slot(&self, slot: &Slot) -> Result<Option<u64>> {
+        let Some(license) = self.ledger.license(&slot.license).await? else { return Ok(None) };
+        let Some(policy) = license.features.get(&slot.feature) else { return Ok(None) };
         let seats: Vec<RebuildSeat> = self
             .ledger
             .active_sessions(slot)
@@ -399,7 +430,7 @@ impl Service {
         if restored > 0 {
             tracing::warn!(license = %slot.license, feature = %slot.feature, restored, "seat store slot rebuilt from the ledger");
         }
-        Ok(restored)
+        Ok(Some(restored))
     }
 
     pub async fn put_license(&self, id: Ident, input: PutLicense) -> Result<LicenseWritten> {
@@ -425,6 +456,7 @@ impl Service {
         let key_hash = input.key.as_deref().or(generated_key.as_deref()).map(token::hash_secret);
         let now = crate::domain::now_ms();
         let written = self.ledger.put_license(&id, key_hash.as_deref(), &features, now).await?;
+        self.licenses.clear();
         // A removed feature's sessions end now; if a store fails, the sweep finishes the job.
         for feature in &written.removed {
             let slot = Slot { license: id.clone(), feature: feature.clone() };
@@ -483,6 +515,29 @@ impl Service {
             })
             .collect();
         ended += self.ledger.end_sessions(&rest).await?.len() as u64;
+        Ok(ended)
+    }
+
+    /// Removes a license: its key stops working at once and its sessions end (`revoked`). Returns
+    /// how many it ended now; if a store fails halfway, the sweep ends the rest.
+    pub async fn delete_license(&self, id: Ident) -> Result<u64> {
+        tracing::Span::current().record("license", id.as_str());
+        let features = self
+            .ledger
+            .delete_license(&id, crate::domain::now_ms())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("license {id} not found")))?;
+        self.licenses.clear();
+        let mut ended = 0;
+        for feature in features {
+            let slot = Slot { license: id.clone(), feature };
+            match self.revoke_slot(&slot).await {
+                Ok(n) => ended += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, feature = %slot.feature, "a deleted license's sessions are not all ended yet; the sweep ends them")
+                }
+            }
+        }
         Ok(ended)
     }
 

@@ -538,3 +538,85 @@ impl TestApp {
         self.svc.ledger().session(session_id).await.expect("ledger read").map(|r| r.status)
     }
 }
+
+// ---- the runner as a process of its own ----
+
+/// The `seatkeeper` binary the workspace builds, next to the test executable, and newer than the
+/// runner's source (a stale binary would test old code).
+pub fn seatkeeper_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let bin = dir.join(format!("seatkeeper{}", std::env::consts::EXE_SUFFIX));
+    let build = "build it first: `cargo build -p seatkeeper-local --bin seatkeeper` (or `cargo build --workspace`)";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {build}", bin.display()));
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../local/src/lib.rs");
+    let changed = std::fs::metadata(&src).and_then(|m| m.modified()).expect("local/src/lib.rs");
+    assert!(built >= changed, "{} is older than {}: {build}", bin.display(), src.display());
+    bin
+}
+
+/// `seatkeeper serve` as a child process on the given stores, killed on drop.
+pub struct RunnerProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl RunnerProcess {
+    /// Starts it and waits until it answers HTTP.
+    pub async fn start(redis_url: &str, ledger_url: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = tokio::process::Command::new(seatkeeper_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("SEATKEEPER_REDIS_URL", redis_url)
+            .env("SEATKEEPER_LEDGER_URL", ledger_url)
+            .env("SEATKEEPER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn seatkeeper serve");
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if reqwest::get(format!("{base}/health")).await.is_ok() {
+                return RunnerProcess { child, base };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("seatkeeper serve did not come up on {base}");
+    }
+
+    /// SIGKILL: the process dies wherever it is, with no chance to finish or undo anything.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill seatkeeper serve");
+    }
+}
+
+impl TestApp {
+    /// Holds the ledger's `sessions` table locked for writing on a connection of its own, so that
+    /// the service's ledger step waits; `unlock_sessions` lets it go.
+    pub async fn lock_sessions(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db.url).await.expect("lock connection");
+        let statements: &[&str] = match self.db.backend {
+            Backend::Sqlite => &["BEGIN IMMEDIATE"],
+            Backend::Postgres => &["BEGIN", "LOCK TABLE sessions IN EXCLUSIVE MODE"],
+            Backend::MySql => &["LOCK TABLES sessions WRITE"],
+        };
+        for q in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*q)).execute(&mut conn).await.expect("lock sessions");
+        }
+        conn
+    }
+
+    pub async fn unlock_sessions(&self, mut conn: sqlx::AnyConnection) {
+        let q = match self.db.backend {
+            Backend::MySql => "UNLOCK TABLES",
+            _ => "ROLLBACK",
+        };
+        sqlx::raw_sql(q).execute(&mut conn).await.expect("unlock sessions");
+    }
+}

@@ -11,7 +11,7 @@ use reqwest::Method;
 use seatkeeper_local::{serve_with, Limits};
 use seatkeeper_tests::seatkeeper_core::http::{handle, ROUTES};
 use seatkeeper_tests::seatkeeper_core::Service;
-use seatkeeper_tests::{Backend, Database, Options, Proxy, RedisServer, Resp, TestApp, ADMIN_TOKEN};
+use seatkeeper_tests::{seatkeeper_bin, Backend, Database, Options, Proxy, RedisServer, Resp, TestApp, ADMIN_TOKEN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -208,22 +208,6 @@ async fn connections_beyond_the_limit_wait_for_a_free_one() {
     drop(held.pop());
     // Reading again is safe: the timed-out read took nothing.
     assert_eq!(read_answer(&mut waiting).await.status, 200, "served once a connection closed");
-}
-
-/// The `seatkeeper` binary the workspace builds, next to this test's executable, and newer than
-/// the runner's source (a stale binary would test old code).
-fn seatkeeper_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let bin = dir.join(format!("seatkeeper{}", std::env::consts::EXE_SUFFIX));
-    let build = "build it first: `cargo build -p seatkeeper-local --bin seatkeeper` (or `cargo build --workspace`)";
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is missing: {build}", bin.display()));
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../local/src/lib.rs");
-    let changed = std::fs::metadata(&src).and_then(|m| m.modified()).expect("local/src/lib.rs");
-    assert!(built >= changed, "{} is older than {}: {build}", bin.display(), src.display());
-    bin
 }
 
 /// `seatkeeper serve` as a child process under an open-file limit of 256, on a fresh SQLite ledger.

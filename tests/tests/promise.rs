@@ -11,7 +11,7 @@ use seatkeeper_tests::seatkeeper_core::domain::{FeaturePolicy, Ident, OnLimit, S
 use seatkeeper_tests::seatkeeper_core::seats::{CreateOutcome, NewSeat, Versioned};
 use seatkeeper_tests::seatkeeper_core::sweep::SweepScope;
 use seatkeeper_tests::seatkeeper_core::token;
-use seatkeeper_tests::{ledger_tests, Backend, Options, TestApp};
+use seatkeeper_tests::{ledger_tests, Backend, Options, RunnerProcess, TestApp};
 use serde_json::{json, Value};
 
 fn sid(v: &Value) -> String {
@@ -418,7 +418,60 @@ async fn an_unreachable_ledger_is_503_not_401(b: Backend) {
     app.proxy.as_ref().unwrap().restore();
 }
 
+/// The runner process is killed (SIGKILL) after a create and a logout reached the seat store but
+/// while their ledger writes wait on a locked table. Nothing answered the create, so nothing of it
+/// may stay: the sweep removes its seat once past the grace; the logout stays a logout: the sweep
+/// copies the end into the ledger from the seat store's record of it.
+async fn a_crash_between_the_stores_is_repaired(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 5})).await;
+    let s = app.create_ok(&key, "u1").await;
+    let mut runner = RunnerProcess::start(&app.redis.url, &app.db.url).await;
+    let lock = app.lock_sessions().await;
+    let http = reqwest::Client::new();
+    let create = http
+        .post(format!("{}/api/licenses/sessions", runner.base))
+        .bearer_auth(&key)
+        .json(&json!({"userId": "u2", "feature": "f"}))
+        .send();
+    let logout = http.post(format!("{}/api/licenses/sessions/cleanup", runner.base)).bearer_auth(tok(&s)).send();
+    let (create, logout) = (tokio::spawn(create), tokio::spawn(logout));
+    // Both reached the seat store: u1's seat is free and u2 holds one.
+    let mut c = app.redis_conn().await;
+    let mut seats: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        seats = redis::cmd("ZRANGE")
+            .arg(TestApp::seat_key(&license, "f", "leases"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if seats.len() == 1 && seats[0] != sid(&s) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seats.len() == 1 && seats[0] != sid(&s), "both steps reached Redis: {seats:?}");
+    runner.kill().await;
+    assert!(create.await.unwrap().is_err() && logout.await.unwrap().is_err(), "the client heard nothing");
+    app.unlock_sessions(lock).await;
+    let orphan = seats[0].clone();
+    assert_eq!(app.ledger_status(&orphan).await, None);
+    assert_eq!(app.ledger_status(&sid(&s)).await.as_deref(), Some("active"));
+
+    let full = SweepScope { full: true, ..Default::default() };
+    let report = app.svc.sweep(&full).await.unwrap();
+    assert_eq!(app.ledger_status(&sid(&s)).await.as_deref(), Some("ended"), "{report:?}");
+    assert_eq!(app.all_leases(&license, "f").await, 1, "a seat this young may be a create in flight");
+    app.age_seat(&license, "f", &orphan, 60_000).await;
+    let report = app.svc.sweep(&full).await.unwrap();
+    assert_eq!(report.orphan_seats, 1, "{report:?}");
+    assert_eq!(app.all_leases(&license, "f").await, 0);
+}
+
 ledger_tests!(
+    a_crash_between_the_stores_is_repaired,
     housekeeping_never_ends_a_live_session,
     removing_a_feature_revokes_its_sessions,
     a_rebuild_never_admits_beyond_the_limit,

@@ -1,0 +1,84 @@
+//! A process-wide cache of licenses by key hash: a create's license lookup without SQL.
+//!
+//! Safe to be a little stale by construction: the policy a create decides with is the newest the
+//! seat store holds (a policy carries its license version, and the admission script keeps the
+//! newer one), and a removed feature's slot refuses creates in the seat store itself. What a stale
+//! entry can still do is accept a key for at most `ttl` after it was rotated or its license deleted
+//! on another instance; on this instance, license writes clear the cache at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::domain::License;
+
+/// Beyond this many keys the cache starts over (a flood of unknown keys cannot grow it).
+const MAX_ENTRIES: usize = 10_000;
+
+pub struct LicenseCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, Option<License>)>>,
+}
+
+impl LicenseCache {
+    /// `ttl` zero: no caching.
+    pub fn new(ttl: Duration) -> Self {
+        LicenseCache { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// The license of a key hash (`Some(None)`: known to be no key), if looked up within `ttl`.
+    pub fn get(&self, key_hash: &str) -> Option<Option<License>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key_hash).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, l)| l.clone())
+    }
+
+    pub fn put(&self, key_hash: &str, license: Option<License>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key_hash.to_owned(), (Instant::now(), license));
+    }
+
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Ident;
+
+    fn license() -> License {
+        License {
+            id: Ident::parse("l", "lic").unwrap(),
+            features: Default::default(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn entries_live_for_their_ttl_and_clear_on_demand() {
+        let c = LicenseCache::new(Duration::from_secs(60));
+        assert!(c.get("h").is_none());
+        c.put("h", Some(license()));
+        c.put("unknown", None);
+        assert_eq!(c.get("h").unwrap().unwrap().version, 1);
+        assert!(c.get("unknown").unwrap().is_none());
+        c.clear();
+        assert!(c.get("h").is_none());
+    }
+
+    #[test]
+    fn a_zero_ttl_caches_nothing() {
+        let c = LicenseCache::new(Duration::ZERO);
+        c.put("h", Some(license()));
+        assert!(c.get("h").is_none());
+    }
+}

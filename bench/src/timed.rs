@@ -21,7 +21,7 @@ pub const METHODS: [&str; 14] = [
     "session",
     "active_sessions",
     "count_active",
-    "record_limit_rejection",
+    "record_limit_rejections",
     "slots",
     "user_sessions",
     "write_heartbeats",
@@ -219,10 +219,10 @@ impl Ledger for TimedLedger {
         r
     }
 
-    async fn record_limit_rejection(&self, slot: &Slot, user: &Ident, at_ms: i64) -> Result<()> {
+    async fn record_limit_rejections(&self, slot: &Slot, counts: &[(i64, u64)]) -> Result<()> {
         let t = Instant::now();
-        let r = self.inner.record_limit_rejection(slot, user, at_ms).await;
-        self.stats.add(9, t, 1);
+        let r = self.inner.record_limit_rejections(slot, counts).await;
+        self.stats.add(9, t, counts.len() as u64);
         r
     }
 

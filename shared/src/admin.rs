@@ -237,7 +237,16 @@ impl Service {
             let slot = Slot { license: license.clone(), feature: feature.clone() };
             let snapshot = self.seats.snapshot(&slot).await?;
             let active = snapshot.seats_taken();
-            let s = stats.remove(feature.as_str()).unwrap_or_default();
+            let mut s = stats.remove(feature.as_str()).unwrap_or_default();
+            // Refusals the sweep has not moved to the ledger yet.
+            s.limit_rejections += self
+                .seats
+                .rejections(&slot)
+                .await?
+                .iter()
+                .filter(|(minute, _)| minute + 60_000 > since)
+                .map(|(_, n)| n)
+                .sum::<u64>();
             // A session the ledger still holds active lasted until its lease ran out, which the
             // seat store knows (the ledger learns it only at the next sweep).
             let lease: HashMap<&str, i64> =

@@ -134,7 +134,8 @@ pub trait Ledger: Send + Sync {
     async fn active_sessions(&self, slot: &Slot) -> Result<Vec<SessionRow>>;
     /// How many sessions of a slot the ledger holds active (one row read).
     async fn count_active(&self, slot: &Slot) -> Result<u64>;
-    async fn record_limit_rejection(&self, slot: &Slot, user: &Ident, at_ms: i64) -> Result<()>;
+    /// Records refused creates: (minute start ms, how many refused in that minute).
+    async fn record_limit_rejections(&self, slot: &Slot, counts: &[(i64, u64)]) -> Result<()>;
     /// Every (license, feature) pair of every license, removed features included: the slots a
     /// sweep visits.
     async fn slots(&self) -> Result<Vec<SlotEntry>>;
@@ -244,6 +245,15 @@ impl SqlLedger {
         } else {
             q.to_owned()
         })
+    }
+
+    /// SUM of a BIGINT column as a BIGINT (PostgreSQL and MySQL widen sums to NUMERIC/DECIMAL).
+    fn int_sum(&self, column: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("SUM({column})::BIGINT"),
+            Dialect::MySql => format!("CAST(SUM({column}) AS SIGNED)"),
+            Dialect::Sqlite => format!("SUM({column})"),
+        }
     }
 
     /// `?, ?, ?` for `n` values.
@@ -753,17 +763,19 @@ impl Ledger for SqlLedger {
         Ok(n as u64)
     }
 
-    async fn record_limit_rejection(&self, slot: &Slot, user: &Ident, at_ms: i64) -> Result<()> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        self.insert_event(
-            &mut conn,
-            (slot.license.as_str(), slot.feature.as_str()),
-            None,
-            user.as_str(),
-            "limit_rejected",
-            at_ms,
-        )
-        .await
+    async fn record_limit_rejections(&self, slot: &Slot, counts: &[(i64, u64)]) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let q = format!(
+            "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at, count) VALUES {}",
+            vec!["(?, ?, NULL, '', 'limit_rejected', ?, ?)"; counts.len()].join(", ")
+        );
+        let mut insert = sqlx::query(self.sql(&q));
+        for (at, n) in counts {
+            insert = insert.bind(slot.license.as_str()).bind(slot.feature.as_str()).bind(*at).bind(*n as i64);
+        }
+        insert.execute(&self.pool).await.map_err(db).map(drop)
     }
 
     async fn slots(&self) -> Result<Vec<SlotEntry>> {
@@ -832,9 +844,10 @@ impl Ledger for SqlLedger {
     async fn stats(&self, license: &Ident, since_ms: i64, now_ms: i64) -> Result<BTreeMap<String, FeatureStats>> {
         let mut out: BTreeMap<String, FeatureStats> = BTreeMap::new();
         // Counters from the event log.
-        let rows = sqlx::query(self.sql(
-            "SELECT feature, kind, COUNT(*) AS n FROM session_events WHERE license_id = ? AND at >= ? GROUP BY feature, kind",
-        ))
+        let rows = sqlx::query(self.sql(&format!(
+            "SELECT feature, kind, {} AS n FROM session_events WHERE license_id = ? AND at >= ? GROUP BY feature, kind",
+            self.int_sum("count")
+        )))
         .bind(license.as_str())
         .bind(since_ms)
         .fetch_all(&self.pool)

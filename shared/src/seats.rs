@@ -43,6 +43,7 @@ struct Scripts {
     snapshot: Script,
     record: Script,
     revoke: Script,
+    rejections: Script,
 }
 
 /// How long a create may take in Redis before the caller gives up on it. The script is sent with
@@ -283,6 +284,7 @@ impl SeatStore {
             snapshot: script!("snapshot.lua"),
             record: script!("record.lua"),
             revoke: script!("revoke.lua"),
+            rejections: script!("rejections.lua"),
         };
         Ok(SeatStore { conn, scripts: Arc::new(scripts), clock: Arc::default() })
     }
@@ -574,6 +576,24 @@ impl SeatStore {
             "a" => Record::Leased,
             _ => Record::Over { reason: r.reason(0)?, ended_ms: r.opt_int(1)?, last_heartbeat_ms: r.opt_int(2)? },
         })
+    }
+
+    /// Refused creates per minute (minute start ms, count) that the ledger has not taken yet.
+    pub async fn rejections(&self, slot: &Slot) -> Result<Vec<(i64, u64)>> {
+        let mut inv = self.scripts.rejections.prepare_invoke();
+        inv.key(format!("{}rej", SlotKeys::new(slot).prefix())).arg("read");
+        let r = Reply(self.run(inv).await?);
+        (0..r.0.len() / 2).map(|i| Ok((r.int(2 * i)?, r.int(2 * i + 1)? as u64))).collect()
+    }
+
+    /// Takes counts the ledger has recorded off the seat store's.
+    pub async fn forget_rejections(&self, slot: &Slot, counts: &[(i64, u64)]) -> Result<()> {
+        let mut inv = self.scripts.rejections.prepare_invoke();
+        inv.key(format!("{}rej", SlotKeys::new(slot).prefix())).arg("forget");
+        for (minute, n) in counts {
+            inv.arg(minute).arg(n);
+        }
+        self.run_int(inv).await.map(drop)
     }
 
     /// Removes a lease the ledger does not explain (an orphan seat) and its record.

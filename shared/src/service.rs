@@ -280,24 +280,14 @@ impl Service {
                     heartbeat_interval_seconds,
                 ))
             }
-            CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
-                // The refusal is a statistic, not a state change: the client hears 409 without
-                // waiting for its commit (a retry storm must not become a commit storm). Under
-                // Lambda the write finishes when the instance next runs; one lost on shutdown
-                // only undercounts limitRejections.
-                let (ledger, user, now) = (self.ledger.clone(), req.user.clone(), crate::domain::now_ms());
-                tokio::spawn(async move {
-                    if let Err(e) = ledger.record_limit_rejection(&slot, &user, now).await {
-                        tracing::warn!(error = %e, "could not record a refused create in the ledger");
-                    }
-                });
-                Err(Error::SeatLimitReached {
-                    scope,
-                    limit,
-                    active,
-                    retry_after_seconds: crate::domain::seconds_until(0, retry_after_ms),
-                })
-            }
+            // The refusal was counted in the seat store, in the same step (the sweep moves the
+            // counts to the ledger): nothing to wait for here.
+            CreateOutcome::Limit { scope, limit, active, retry_after_ms } => Err(Error::SeatLimitReached {
+                scope,
+                limit,
+                active,
+                retry_after_seconds: crate::domain::seconds_until(0, retry_after_ms),
+            }),
             CreateOutcome::IdempotencyConflict => Err(Error::invalid(
                 "idempotencyKey",
                 "idempotencyKey was already used by another user of this license and feature",

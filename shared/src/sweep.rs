@@ -162,6 +162,7 @@ impl Service {
     }
 
     async fn sweep_slot(&self, slot: &Slot, scope: &SweepScope, report: &mut SweepReport) -> Result<()> {
+        self.move_rejections(slot).await?;
         // 1. Leases that ran out: ledger first, then the seat store, so a kill in between repeats
         //    harmless work and loses none.
         loop {
@@ -280,9 +281,21 @@ impl Service {
         Ok(())
     }
 
+    /// Refused creates counted in the seat store go to the ledger (then off the seat store's count:
+    /// a sweep killed in between counts them twice, never loses them).
+    async fn move_rejections(&self, slot: &Slot) -> Result<()> {
+        let counts = self.seats.rejections(slot).await?;
+        if !counts.is_empty() {
+            self.ledger.record_limit_rejections(slot, &counts).await?;
+            self.seats.forget_rejections(slot, &counts).await?;
+        }
+        Ok(())
+    }
+
     /// A slot whose feature was removed: its sessions end (`revoked`), and once no create that
     /// read the old license can still add one, the slot is forgotten.
     async fn sweep_removed(&self, slot: &Slot, removed_at_ms: i64, report: &mut SweepReport) -> Result<()> {
+        self.move_rejections(slot).await?;
         report.repaired += self.revoke_slot(slot).await?;
         if crate::domain::now_ms() - removed_at_ms > ORPHAN_GRACE_MS {
             self.ledger.forget_removed_feature(slot).await?;

@@ -470,7 +470,40 @@ async fn a_crash_between_the_stores_is_repaired(b: Backend) {
     assert_eq!(app.all_leases(&license, "f").await, 0);
 }
 
+/// Refused creates are counted in the seat store in the same step as the refusal, shown by
+/// session-stats at once, and moved to the ledger by the sweep without being counted twice.
+async fn refusals_are_counted_once(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 1})).await;
+    app.create_ok(&key, "u1").await;
+    for i in 0..5 {
+        app.create(&key, json!({"userId": format!("r{i}"), "feature": "f"}))
+            .await
+            .expect_error(409, "seat_limit_reached");
+    }
+    let path = format!("/api/licenses/{license}/session-stats");
+    let stats = || app.admin(Method::GET, &path, None);
+    assert_eq!(stats().await.body["features"]["f"]["limitRejections"], 5);
+    app.svc.sweep(&SweepScope::default()).await.unwrap();
+    assert_eq!(stats().await.body["features"]["f"]["limitRejections"], 5, "moved, not doubled");
+    let mut c = app.redis_conn().await;
+    let left: u64 = redis::cmd("HLEN").arg(TestApp::seat_key(&license, "f", "rej")).query_async(&mut c).await.unwrap();
+    assert_eq!(left, 0, "the ledger holds them now");
+}
+
+/// A refusal (and a create) of a license seen lately needs no SQL before its answer: with the
+/// ledger cut off, a refused create is still a 409, not a 503.
+async fn a_refusal_never_waits_on_the_ledger(b: Backend) {
+    let app = TestApp::start_with(b, Options { proxy: true, ..Default::default() }).await;
+    let (_license, key) = app.simple_license(json!({"maxSessions": 1})).await;
+    app.create_ok(&key, "u1").await;
+    app.proxy.as_ref().unwrap().cut();
+    app.create(&key, json!({"userId": "u2", "feature": "f"})).await.expect_error(409, "seat_limit_reached");
+    app.proxy.as_ref().unwrap().restore();
+}
+
 ledger_tests!(
+    refusals_are_counted_once,
     a_crash_between_the_stores_is_repaired,
     housekeeping_never_ends_a_live_session,
     removing_a_feature_revokes_its_sessions,
@@ -486,16 +519,18 @@ ledger_tests!(
     peak_counts_live_leases_only,
 );
 
-mod postgres_proxy {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_unreachable_ledger_is_503_not_401() {
-        super::an_unreachable_ledger_is_503_not_401(seatkeeper_tests::Backend::Postgres).await
-    }
+/// Scenarios that cut the ledger's connection off: PostgreSQL and MySQL (SQLite has none).
+macro_rules! proxy_tests {
+    ($($name:ident),* $(,)?) => {
+        mod postgres_proxy {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(seatkeeper_tests::Backend::Postgres).await } )*
+        }
+        mod mysql_proxy {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(seatkeeper_tests::Backend::MySql).await } )*
+        }
+    };
 }
 
-mod mysql_proxy {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_unreachable_ledger_is_503_not_401() {
-        super::an_unreachable_ledger_is_503_not_401(seatkeeper_tests::Backend::MySql).await
-    }
-}
+proxy_tests!(an_unreachable_ledger_is_503_not_401, a_refusal_never_waits_on_the_ledger);

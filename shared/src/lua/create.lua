@@ -59,7 +59,14 @@ if device ~= '' or p.per_user > 0 then
     end
   end
 end
+-- A refusal is counted here, in the same step: a statistic no crash or frozen instance loses, and
+-- no commit per refusal. The sweep moves the per-minute counts into the ledger.
+local function refused()
+  redis.call('HINCRBY', prefix .. 'rej', s(math.floor(now / 60000) * 60000), 1)
+end
+
 if p.per_user > 0 and mine >= p.per_user then
+  refused()
   return {'limit', 'user', p.per_user, mine, soonest - now}
 end
 
@@ -102,6 +109,7 @@ if active >= p.limit then
     if #first > 0 then
       wait = tonumber(first[2]) - now
     end
+    refused()
     return {'limit', 'license', p.limit, active, wait}
   end
 end

@@ -22,6 +22,8 @@
 --             `ver` (only a newer version overwrites it); `revoked` once the feature was removed.
 --             Its absence means this slot lost its data (or never had any): every script then asks
 --             for a rebuild from the ledger.
+--   rej       hash: minute (ms) -> refused creates in that minute, until the sweep moves them to
+--             the ledger.
 --   i:<key>   string: an idempotency key -> session id (32) .. sealed token secret (32 bytes) ..
 --             user, for one lease length. The secret is sealed with the license key, which Redis
 --             never sees: nothing in Redis can be used as a credential.

@@ -329,6 +329,7 @@ export class SeatClient {
       this.emit('error', { message: st.message });
       return;
     }
+    st.userId = userId;
     // One idempotency key per attempt, kept (in storage.session) across its retries.
     if (!st.attempt || st.attempt.userId !== userId) {
       st.attempt = { idempotencyKey: `ik-${this.newId()}`, userId, startedAt: this.now() };
@@ -601,7 +602,7 @@ export class SeatClient {
     const iso = (t) => (t == null ? null : new Date(t).toISOString());
     return {
       state: st.phase,
-      userId: s?.userId ?? st.attempt?.userId ?? st.lostUserId ?? null,
+      userId: s?.userId ?? (st.phase === 'signed-out' ? null : st.userId ?? st.lostUserId ?? null),
       feature: s?.feature ?? null,
       sessionId: s?.sessionId ?? null,
       expiresAt: iso(s?.expiresAt),

@@ -137,14 +137,18 @@ test('closing the last app tab frees the seat at once; opening one takes it agai
 });
 
 test('a killed browser: the seat frees when the lease runs out; a restart releases the leftover and logs in again', { timeout: 90000 }, async (t) => {
-  const ctx = await setup(t, { config: { userId: 'carol', autoLogin: true } });
+  // A 6-second lease: killed and started again within it, the start has time to release the leftover.
+  const ctx = await setup(t, { policy: { ...LEASE, leaseTtlSeconds: 6 }, config: { userId: 'carol', autoLogin: true } });
   const watch = seatWatch(server, ctx.licenseId);
   t.after(() => watch.stop());
   const [s1] = await waitFor('the first session', () => liveSessions('carol').then((l) => l.length === 1 && l), { timeoutMs: 20000 });
 
   await ctx.browser.kill();
   log('browser killed');
-  await waitFor('the lease to run out', async () => (await server.active(ctx.licenseId)) === 0, { timeoutMs: 15000 });
+  await waitFor('the lease to run out', async () => (await server.active(ctx.licenseId)) === 0, { timeoutMs: 20000 });
+
+  const gone = (await server.sessions('carol')).find((x) => x.sessionId === s1.sessionId);
+  assert.equal(gone.status, 'expired', 'a killed browser sends nothing: the lease ran out');
 
   await ctx.launch();
   const [s2] = await waitFor('a new session after the restart', () => liveSessions('carol').then((l) => l.length === 1 && l[0].sessionId !== s1.sessionId && l), { timeoutMs: 20000 });
@@ -157,7 +161,7 @@ test('a killed browser: the seat frees when the lease runs out; a restart releas
   const old = (await server.sessions('carol')).find((x) => x.sessionId === s2.sessionId);
   assert.equal(old.status, 'ended', `the leftover was released at start: ${JSON.stringify(old)}`);
   assert.notEqual(s3.sessionId, s1.sessionId);
-  await sleep(4000);
+  await sleep(7000); // past a lease: the new session is renewed
   assert.equal(await server.active(ctx.licenseId), 1);
   const max = await watch.stop();
   assert.equal(max, 1, `never more than one seat: ${watch.samples.join('')}`);

@@ -17,6 +17,24 @@ export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 export const SEATKEEPER_BIN = path.resolve(REPO, process.env.SEATKEEPER_BIN ?? 'target/debug/seatkeeper');
 const VERBOSE = !!process.env.SEATKEEPER_E2E_VERBOSE;
 
+// Whatever this process started is killed when it exits, even on a crash or a test-runner timeout.
+const started = new Set(); // pids; negative for a process group
+process.on('exit', () => {
+  for (const pid of started) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+});
+function track(child, group = false) {
+  const pid = group ? -child.pid : child.pid;
+  started.add(pid);
+  child.once('exit', () => started.delete(pid));
+  return child;
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export function log(...args) {
@@ -78,6 +96,7 @@ export async function startRedis() {
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
     stdio: VERBOSE ? 'inherit' : 'ignore',
   });
+  track(child);
   await waitFor(`redis on ${port}`, () => ping(port), { timeoutMs: 10000, intervalMs: 100 });
   return { port, url: `redis://127.0.0.1:${port}`, stop: () => stopChild(child) };
 }
@@ -126,6 +145,7 @@ export class Server {
       },
       stdio: ['ignore', VERBOSE ? 'inherit' : 'ignore', 'inherit'],
     });
+    track(this.child);
     await waitFor(`seatkeeper on ${this.port}`, async () => (await fetch(`${this.url}/health`)).ok, { timeoutMs: 20000, intervalMs: 100 });
   }
 
@@ -232,7 +252,7 @@ export class Browser {
     ];
     // Its own process group, so that a kill takes every Chromium process at once.
     const child = spawn(CHROMIUM, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'], detached: true });
-    this.child = child;
+    this.child = track(child, true);
     this.exit = exited(child);
     let errBuf = '';
     child.stderr.on('data', (d) => {

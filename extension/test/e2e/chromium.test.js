@@ -251,3 +251,44 @@ test('the license filled from outside: "Maximum user limit reached" with the ret
   assert.deepEqual((await liveSessions('erin')).map((x) => x.sessionId), [got.sessionId]);
   assert.equal((await page.view()).message, '');
 });
+
+test('an administrator ends the session: the page says so and the seat is not taken back', { timeout: 60000 }, async (t) => {
+  const ctx = await setup(t, { config: { userId: 'fay', autoLogin: true } });
+  const page = await ctx.browser.openApp();
+  const v = await waitFor('the seat', async () => {
+    const x = await page.view();
+    return x.state === 'active' && x.sessionId && x;
+  }, { timeoutMs: 20000 });
+  const r = await server.api('DELETE', `/api/licenses/sessions/force-cleanup/fay/f?licenseId=${ctx.licenseId}`);
+  assert.equal(r.status, 200);
+  assert.deepEqual(r.data.sessionIds, [v.sessionId]);
+  const lost = await waitFor('the page to say it was ended', async () => {
+    const x = await page.view();
+    return x.state === 'lost' && x;
+  }, { timeoutMs: 10000 });
+  assert.equal(lost.status.reason, 'force_ended');
+  assert.match(lost.message, /administrator/);
+  assert.ok(lost.loginShown, 'the login form is offered again');
+  await sleep(4000);
+  assert.equal(await server.active(ctx.licenseId), 0, 'not taken back by itself');
+  await page.eval(`document.getElementById('login-button').click(); true`); // userId prefilled from config
+  await waitFor('a seat after logging in again', async () => (await page.view()).state === 'active', { timeoutMs: 10000 });
+  assert.equal(await server.active(ctx.licenseId), 1);
+});
+
+test('the worker stops by itself when idle and its heartbeat alarm starts it again: the session goes on', { timeout: 90000 }, async (t) => {
+  // Heartbeats 36 s apart: longer than Chromium's 30 s idle limit, so the worker really goes idle.
+  // No page is open and nothing attaches to the worker.
+  const ctx = await setup(t, { policy: { maxSessions: 1, leaseTtlSeconds: 45, heartbeatIntervalSeconds: 36 }, config: { userId: 'gus', autoLogin: true } });
+  const [s] = await waitFor('the seat taken at start', () => liveSessions('gus').then((l) => l.length === 1 && l), { timeoutMs: 20000 });
+  const stoppedAt = await waitFor('the worker to stop by itself', async () => !(await ctx.browser.worker()) && Date.now(), { timeoutMs: 45000, intervalMs: 250 });
+  log(`worker stopped by itself ${Math.round((stoppedAt - Date.parse(s.createdAt)) / 1000)} s after the session was created`);
+  const renewed = await waitFor('a heartbeat from the restarted worker', async () => {
+    const [x] = await liveSessions('gus');
+    return x && x.lastHeartbeatAt !== s.lastHeartbeatAt && x;
+  }, { timeoutMs: 30000, intervalMs: 250 });
+  assert.equal(renewed.sessionId, s.sessionId, 'the same session, renewed after the worker stop');
+  assert.ok(Date.parse(renewed.lastHeartbeatAt) > stoppedAt - 1000, 'the heartbeat came after the stop');
+  assert.ok(await ctx.browser.worker(), 'the alarm started the worker');
+  assert.equal(await server.active(ctx.licenseId), 1);
+});

@@ -133,13 +133,14 @@ export class SeatClient {
    */
   resume() {
     return this.run(async () => {
+      await this.notePages();
       const wasParked = this.st.parked;
       this.st.parked = false;
       if (wasParked || ['error', 'paused'].includes(this.st.phase)) {
         this.st.failures = 0;
         await this.ensure();
-        await this.save();
       }
+      await this.save();
       return this.publicStatus();
     });
   }
@@ -196,6 +197,7 @@ export class SeatClient {
       // storage.session survived, but re-create the alarm anyway.
       this.st = kept;
       this.st.workerStarts = (this.st.workerStarts ?? 0) + 1;
+      await this.notePages();
       if (this.st.nextAt) {
         await this.setAlarm(Math.max(this.st.nextAt, this.now()));
       } else if (!this.st.session && ['starting', 'connecting'].includes(this.st.phase)) {
@@ -208,6 +210,7 @@ export class SeatClient {
     // in storage.local was left by a crash, a kill or a shutdown: give it back before taking a new one.
     this.st = freshState();
     this.st.workerStarts = 1;
+    await this.notePages();
     const leftover = local[this.key('session')];
     if (leftover) {
       const res = await this.postCleanup(leftover, false);
@@ -231,6 +234,7 @@ export class SeatClient {
     }
     st.nextAt = null;
     if (st.parked) return;
+    await this.notePages();
     if (st.session) {
       await this.heartbeat();
     } else {
@@ -241,9 +245,17 @@ export class SeatClient {
 
   async onTabRemoved(tabId) {
     const st = this.st;
+    const known = st.pageTabs ?? [];
+    const wasOurs = known.includes(tabId);
+    const left = await this.openPages(tabId);
+    st.pageTabs = left.tabIds;
     const waiting = ['connecting', 'limit-reached', 'unavailable'].includes(st.phase);
-    if (!st.session && !waiting) return;
-    if (await this.inUse(tabId)) return;
+    // Only the close of the last of our pages gives the seat back: a seat taken at start with no page
+    // open (autoLogin) is not given back when some other tab closes.
+    if (!wasOurs || left.any || (!st.session && !waiting)) {
+      if (wasOurs) await this.save();
+      return;
+    }
     // The last page closed: give the seat back now, with a keepalive fetch and no timer.
     st.parked = true;
     st.attempt = null;
@@ -255,28 +267,41 @@ export class SeatClient {
   }
 
   async onTabOpened() {
-    if (!this.st.parked) return;
-    if (!(await this.inUse(null))) return;
+    await this.notePages();
+    if (!this.st.parked || !this.st.pageTabs.length) return;
     this.st.parked = false;
     await this.ensure();
     await this.save();
   }
 
-  /** Whether a page the seat is for is still open, leaving out the tab being removed. */
-  async inUse(removedTabId) {
+  /**
+   * The pages the seat is for that are open, leaving out a tab being removed: their tab ids, and
+   * whether any page (popups and side panels included) is left.
+   */
+  async openPages(removedTabId) {
     const c = this.chrome;
+    if (this.track === 'none') return { tabIds: [], any: false };
     if (this.track === 'extension') {
       if (c.runtime.getContexts) {
-        const contexts = await c.runtime.getContexts({ contextTypes: ['TAB', 'POPUP', 'SIDE_PANEL'] });
-        return contexts.some((ctx) => ctx.tabId !== removedTabId);
+        const contexts = (await c.runtime.getContexts({ contextTypes: ['TAB', 'POPUP', 'SIDE_PANEL'] })).filter((ctx) => ctx.tabId !== removedTabId || ctx.tabId === -1);
+        const tabIds = contexts.filter((ctx) => ctx.contextType === 'TAB' && ctx.tabId >= 0).map((ctx) => ctx.tabId);
+        return { tabIds, any: contexts.length > 0 };
       }
       const origin = c.runtime.getURL('');
-      const tabs = await c.tabs.query({});
-      return tabs.some((t) => t.id !== removedTabId && (t.url ?? t.pendingUrl ?? '').startsWith(origin));
+      const tabs = (await c.tabs.query({})).filter((t) => t.id !== removedTabId && (t.url ?? t.pendingUrl ?? '').startsWith(origin));
+      return { tabIds: tabs.map((t) => t.id), any: tabs.length > 0 };
     }
-    const query = this.track === 'all' ? {} : { url: this.track };
-    const tabs = await c.tabs.query(query);
-    return tabs.some((t) => t.id !== removedTabId);
+    const tabs = (await c.tabs.query(this.track === 'all' ? {} : { url: this.track })).filter((t) => t.id !== removedTabId);
+    return { tabIds: tabs.map((t) => t.id), any: tabs.length > 0 };
+  }
+
+  /** Remembers which of our pages are open, so that a tab's close can be told to be one of ours. */
+  async notePages() {
+    try {
+      this.st.pageTabs = (await this.openPages(null)).tabIds;
+    } catch {
+      /* keep what was known */
+    }
   }
 
   // ---- the session ----------------------------------------------------------------------------
@@ -652,6 +677,7 @@ function freshState() {
     outageNotified: false,
     interval: null,
     lostUserId: null,
+    pageTabs: [],
   };
 }
 

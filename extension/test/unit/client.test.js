@@ -275,6 +275,22 @@ test('closing the last extension page releases with a keepalive fetch at once; r
   assert.equal(w.service.live().length, 1);
 });
 
+test('a seat taken at start with no page open is kept when other tabs close; a page seen at a heartbeat counts', async () => {
+  const w = world({ settings: { userId: 'bob', autoLogin: true } });
+  await w.start();
+  assert.equal(w.service.live().length, 1);
+  w.browser.chrome.tabs.onRemoved.fire(99, { windowId: 1, isWindowClosing: false }); // not one of ours
+  await w.settle();
+  assert.equal(w.service.callsTo('/cleanup').length, 0, 'an unrelated tab closing gives nothing back');
+  // A page opens without telling the worker; the next heartbeat sees it; its close is the last one.
+  w.browser.openPage(7);
+  await w.advance(30_000);
+  w.browser.closePage(7);
+  await w.settle();
+  assert.equal(w.service.callsTo('/cleanup').length, 1);
+  assert.equal(w.service.live().length, 0);
+});
+
 test('tracking all tabs: the seat goes when the browser\'s last tab closes, and comes back with a new tab', async () => {
   const w = world({ track: 'all', settings: { userId: 'bob', autoLogin: true } });
   w.browser.tabs = [{ id: 1, url: 'https://example.com/' }];

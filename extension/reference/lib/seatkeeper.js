@@ -210,7 +210,6 @@ export class SeatClient {
     // in storage.local was left by a crash, a kill or a shutdown: give it back before taking a new one.
     this.st = freshState();
     this.st.workerStarts = 1;
-    await this.notePages();
     const leftover = local[this.key('session')];
     if (leftover) {
       const res = await this.postCleanup(leftover, false);
@@ -220,6 +219,7 @@ export class SeatClient {
       await this.area('local').remove(this.key('session'));
       this.emit('session-ended', { why: 'leftover', sessionId: leftover.sessionId, released: res.data?.ended === true });
     }
+    await this.notePages();
     await this.ensure();
     await this.save();
   }

@@ -16,8 +16,15 @@ use crate::raw::{self, Policy, Shas};
 use crate::report::{fmt_int, Row};
 use crate::Args;
 
-/// The service's sustained target (issue 4, item 2), with PostgreSQL on a 2-core machine.
-pub const TARGET_CYCLES: f64 = 15_000.0;
+/// Cycles/s with the ledger against the no-ledger ceiling measured beside it (issue 10): the
+/// ledger's history may cost at most this share of Redis speed.
+fn target_ratio(backend: Backend) -> Option<f64> {
+    match backend {
+        Backend::Postgres => Some(0.6),
+        Backend::Sqlite => Some(0.5),
+        _ => None,
+    }
+}
 
 pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<()> {
     for ledger in &a.cycle_ledgers {
@@ -116,7 +123,8 @@ async fn one(a: &Args, redis: &RedisServer, backend: Backend, licenses: usize, r
         }
     }
     let mut base = base;
-    let cycles_all = ledger.get("insert_session").0.max(1) as f64;
+    // Sessions recorded (batches hold many): one a cycle, warm-up included like the ledger time.
+    let cycles_all = ledger.get("insert_session").2.max(1) as f64;
     let share = ledger.total_nanos() as f64 / run.busy_nanos as f64;
     let ledger_ms_per_cycle = ledger.total_nanos() as f64 / cycles_all / 1e6;
     let per_call = |m: &str| {
@@ -139,8 +147,8 @@ async fn one(a: &Args, redis: &RedisServer, backend: Backend, licenses: usize, r
         "/s",
     )
     .baseline(base.ok_per_sec(), bname);
-    if backend == Backend::Postgres {
-        tput = tput.target(">= 15,000/s", run.ok_per_sec() >= TARGET_CYCLES);
+    if let Some(t) = target_ratio(backend) {
+        tput = tput.target(format!(">= {t}x the ceiling"), run.ok_per_sec() >= t * base.ok_per_sec());
     }
     tput = tput.note(format!(
         "Redis time per EVALSHA {svc_us:.1} us (baseline {base_us:.1} us); service {}; baseline {}",

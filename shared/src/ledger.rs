@@ -119,7 +119,8 @@ pub trait Ledger: Send + Sync {
     /// A session already recorded is left as it is (a replayed create may write it first).
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()>;
     /// Records several new sessions, as `insert_session` each, in as few transactions as the
-    /// backend allows; returns each one's result, in order.
+    /// backend allows; returns each one's result, in order. (The group commit calls this: a
+    /// wrapper around a ledger must pass it on, or it writes one row at a time.)
     async fn insert_sessions(&self, batch: &[NewSession]) -> Vec<Result<()>> {
         let mut out = Vec::with_capacity(batch.len());
         for s in batch {

@@ -315,30 +315,6 @@ impl SqlLedger {
         rows.iter().map(session_row).collect::<std::result::Result<_, _>>().map_err(db)
     }
 
-    async fn insert_event(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        slot: (&str, &str),
-        session_id: Option<&str>,
-        user: &str,
-        kind: &str,
-        at_ms: i64,
-    ) -> Result<()> {
-        sqlx::query(self.sql(
-            "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) VALUES (?, ?, ?, ?, ?, ?)",
-        ))
-        .bind(slot.0)
-        .bind(slot.1)
-        .bind(session_id)
-        .bind(user)
-        .bind(kind)
-        .bind(at_ms)
-        .execute(tx)
-        .await
-        .map_err(db)
-        .map(drop)
-    }
-
     /// Ends the given sessions inside an open transaction; returns the ids it changed.
     async fn end_in(&self, tx: &mut sqlx::AnyConnection, ends: &[SessionEnd]) -> Result<Vec<String>> {
         let mut changed = Vec::new();
@@ -399,59 +375,67 @@ impl SqlLedger {
 }
 
 impl SqlLedger {
-    /// New sessions and their ends in one transaction, rows and events in multi-row statements.
+    /// New sessions and their ends in one transaction.
     async fn insert_batch(&self, batch: &[NewSession]) -> Result<()> {
         retried(|| async move {
-            // 13 columns a row: 70 rows stay under SQLite's oldest limit of 999 bound values.
-            const ROWS: usize = 70;
             let mut tx = self.begin_write().await.map_err(db)?;
             let ends: Vec<SessionEnd> = batch.iter().flat_map(|s| s.ends.iter().cloned()).collect();
             self.end_in(&mut tx, &ends).await?;
-            for chunk in batch.chunks(ROWS) {
-                let q = format!(
-                    "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
-                     metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) VALUES {}",
-                    vec![format!("({})", Self::placeholders(13)); chunk.len()].join(", ")
-                );
-                let mut insert = sqlx::query(self.sql(&q));
-                for s in chunk {
-                    let r = &s.row;
-                    insert = insert
-                        .bind(&r.session_id)
-                        .bind(&r.license_id)
-                        .bind(&r.feature)
-                        .bind(&r.user_id)
-                        .bind(&r.device_id)
-                        .bind(&r.token_hash)
-                        .bind(&r.idempotency_key)
-                        .bind(&r.metadata)
-                        .bind(&r.status)
-                        .bind(r.created_at_ms)
-                        .bind(r.last_heartbeat_at_ms)
-                        .bind(r.expires_at_ms)
-                        .bind(r.ended_at_ms);
-                }
-                insert.execute(&mut *tx).await.map_err(db)?;
-                let q = format!(
-                    "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) VALUES {}",
-                    vec![format!("({})", Self::placeholders(6)); chunk.len()].join(", ")
-                );
-                let mut events = sqlx::query(self.sql(&q));
-                for s in chunk {
-                    let r = &s.row;
-                    events = events
-                        .bind(&r.license_id)
-                        .bind(&r.feature)
-                        .bind(&r.session_id)
-                        .bind(&r.user_id)
-                        .bind("created")
-                        .bind(r.created_at_ms);
-                }
-                events.execute(&mut *tx).await.map_err(db)?;
-            }
+            let rows: Vec<&SessionRow> = batch.iter().map(|s| &s.row).collect();
+            self.insert_rows(&mut tx, &rows).await.map_err(db)?;
             tx.commit().await.map_err(db)
         })
         .await
+    }
+
+    /// Session rows and their `created` events, in multi-row statements. The raw error, so that a
+    /// caller can tell a row recorded already.
+    async fn insert_rows(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        rows: &[&SessionRow],
+    ) -> std::result::Result<(), sqlx::Error> {
+        // 13 columns a row: 70 rows stay under SQLite's oldest limit of 999 bound values.
+        for chunk in rows.chunks(70) {
+            let q = format!(
+                "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
+                 metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) VALUES {}",
+                vec![format!("({})", Self::placeholders(13)); chunk.len()].join(", ")
+            );
+            let mut insert = sqlx::query(self.sql(&q));
+            for r in chunk {
+                insert = insert
+                    .bind(&r.session_id)
+                    .bind(&r.license_id)
+                    .bind(&r.feature)
+                    .bind(&r.user_id)
+                    .bind(&r.device_id)
+                    .bind(&r.token_hash)
+                    .bind(&r.idempotency_key)
+                    .bind(&r.metadata)
+                    .bind(&r.status)
+                    .bind(r.created_at_ms)
+                    .bind(r.last_heartbeat_at_ms)
+                    .bind(r.expires_at_ms)
+                    .bind(r.ended_at_ms);
+            }
+            insert.execute(&mut *tx).await?;
+            let q = format!(
+                "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) VALUES {}",
+                vec!["(?, ?, ?, ?, 'created', ?)"; chunk.len()].join(", ")
+            );
+            let mut events = sqlx::query(self.sql(&q));
+            for r in chunk {
+                events = events
+                    .bind(&r.license_id)
+                    .bind(&r.feature)
+                    .bind(&r.session_id)
+                    .bind(&r.user_id)
+                    .bind(r.created_at_ms);
+            }
+            events.execute(&mut *tx).await?;
+        }
+        Ok(())
     }
 }
 
@@ -669,40 +653,11 @@ impl Ledger for SqlLedger {
         retried(|| async move {
             let mut tx = self.begin_write().await.map_err(db)?;
             self.end_in(&mut tx, ends).await?;
-            let inserted = sqlx::query(self.sql(&format!(
-                "INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, idempotency_key, \
-                 metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) VALUES ({})",
-                Self::placeholders(13)
-            )))
-            .bind(&row.session_id)
-            .bind(&row.license_id)
-            .bind(&row.feature)
-            .bind(&row.user_id)
-            .bind(&row.device_id)
-            .bind(&row.token_hash)
-            .bind(&row.idempotency_key)
-            .bind(&row.metadata)
-            .bind(&row.status)
-            .bind(row.created_at_ms)
-            .bind(row.last_heartbeat_at_ms)
-            .bind(row.expires_at_ms)
-            .bind(row.ended_at_ms)
-            .execute(&mut *tx)
-            .await;
-            match inserted {
+            match self.insert_rows(&mut tx, &[row]).await {
                 // Recorded already: by the create itself, or by a replay of it.
                 Err(e) if is_unique_violation(&e) => return Ok(()),
                 other => other.map_err(db)?,
-            };
-            self.insert_event(
-                &mut tx,
-                (&row.license_id, &row.feature),
-                Some(&row.session_id),
-                &row.user_id,
-                "created",
-                row.created_at_ms,
-            )
-            .await?;
+            }
             tx.commit().await.map_err(db)
         })
         .await

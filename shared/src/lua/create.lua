@@ -38,45 +38,40 @@ if ARGV[6] ~= '' then
   end
 end
 
--- One user's sessions: device takeover (a live or still resurrectable session of the same user
--- and device gives its seat to this one) and the per-user cap.
-local replaced, replaced_live = {}, 0
-local mine, soonest = 0, nil
-if device ~= '' or p.per_user > 0 then
+-- Device takeover: a live or still resurrectable session of the same user and device gives its
+-- seat to this one. Reads that user's sessions only.
+local replaced, replaced_live, is_replaced = {}, 0, {}
+if device ~= '' then
   for _, x in ipairs(user_sids(prefix, user)) do
     local e = tonumber(redis.call('ZSCORE', leases, x) or '0')
-    local r = device ~= '' and get_live(prefix, x) or nil
+    local r = get_live(prefix, x)
     if r and r[D] == device and (e > now or now - e < p.res) then
       replaced[#replaced + 1] = {x, r, e}
+      is_replaced[x] = true
       if e > now then
         replaced_live = replaced_live + 1
-      end
-    elseif e > now then
-      mine = mine + 1
-      if not soonest or e < soonest then
-        soonest = e
       end
     end
   end
 end
+
 -- A refusal is counted here, in the same step: a statistic no crash or frozen instance loses, and
 -- no commit per refusal. The sweep moves the per-minute counts into the ledger.
 local function refused()
   redis.call('HINCRBY', prefix .. 'rej', s(math.floor(now / 60000) * 60000), 1)
 end
 
-if p.per_user > 0 and mine >= p.per_user then
-  refused()
-  return {'limit', 'user', p.per_user, mine, soonest - now}
+if p.per_user > 0 then
+  local mine, soonest = user_live(prefix, user, now, is_replaced)
+  if mine >= p.per_user then
+    refused()
+    return {'limit', 'user', p.per_user, mine, soonest - now}
+  end
 end
 
 local active = live_count(prefix, now, p.limit) - replaced_live
 local evicted = ''
 if active >= p.limit then
-  local is_replaced = {}
-  for _, v in ipairs(replaced) do
-    is_replaced[v[1]] = true
-  end
   -- The least recently renewed live session: a restored one that never heartbeated since, else
   -- the lowest lease expiry (the sessions being replaced aside).
   local oldest, oldest_exp = false, false

@@ -33,7 +33,7 @@ elseif e <= now then
   if now - e >= res or live_count(prefix, now, limit) >= limit then
     return {'gone', 'expired'}
   end
-  if per_user > 0 and user_live(prefix, r[U], now, sid) >= per_user then
+  if per_user > 0 and user_live(prefix, r[U], now, {[sid] = true}) >= per_user then
     return {'gone', 'expired'}
   end
   resurrected = 1

@@ -95,12 +95,12 @@ local function live_count(prefix, now, limit)
   return confirmed + math.min(p, math.max(0, limit - confirmed))
 end
 
--- A user's live sessions, not counting `except`: how many, and the soonest expiry among them.
--- Reads that user's sessions only.
+-- A user's live sessions, not counting those in the set `except`: how many, and the soonest
+-- expiry among them. Reads that user's sessions only.
 local function user_live(prefix, user, now, except)
   local n, soonest = 0, nil
   for _, x in ipairs(user_sids(prefix, user)) do
-    if x ~= except then
+    if not except[x] then
       local e = tonumber(redis.call('ZSCORE', prefix .. 'leases', x) or '0')
       if e > now then
         n = n + 1

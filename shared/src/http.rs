@@ -279,21 +279,25 @@ fn query_params(req: &Request) -> BTreeMap<String, String> {
 pub async fn dispatch(svc: &Service, req: Request) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let path = req.uri().path().to_owned();
-    let matching: Vec<&Route> = ROUTES
+    // Each template is matched once; the parameters of the route chosen go on to its handler.
+    let segments = path.trim_end_matches('/').split('/').count();
+    let mut matching: Vec<(&Route, Params)> = ROUTES
         .iter()
-        .filter(|r| {
-            match_template(r.path, &path).is_some()
-                && r.path.split('/').count() == path.trim_end_matches('/').split('/').count()
-        })
+        .filter(|r| r.path.split('/').count() == segments)
+        .filter_map(|r| Some((r, match_template(r.path, &path)?)))
         .collect();
-    let best = matching.iter().map(|r| literal_segments(r.path)).max();
-    let candidates: Vec<&Route> = matching.into_iter().filter(|r| Some(literal_segments(r.path)) == best).collect();
-    let served = candidates
+    let best = matching.iter().map(|(r, _)| literal_segments(r.path)).max();
+    matching.retain(|(r, _)| Some(literal_segments(r.path)) == best);
+    let served = matching
         .iter()
-        .find(|r| r.method == req.method())
-        .or_else(|| candidates.iter().find(|r| serves(r.method.clone(), req.method())));
+        .position(|(r, _)| r.method == req.method())
+        .or_else(|| matching.iter().position(|(r, _)| serves(r.method.clone(), req.method())));
+    let candidates: Vec<&Route> = matching.iter().map(|(r, _)| *r).collect();
     let resp = match served {
-        Some(route) => handle_op(svc, route.op, req).await,
+        Some(i) => {
+            let (route, params) = matching.swap_remove(i);
+            handle_op(svc, route.op, req, Some(params)).await
+        }
         None if candidates.is_empty() => {
             log_request("unknown", StatusCode::NOT_FOUND, Instant::now());
             ApiError::not_found(format!("no route {path}")).into_response()
@@ -316,11 +320,15 @@ pub async fn dispatch(svc: &Service, req: Request) -> Response<Body> {
 /// Also answers `HEAD` when the operation is a `GET`, and preflight `OPTIONS` on its path.
 pub async fn handle(svc: &Service, op: Op, req: Request) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let resp = handle_op(svc, op, req).await;
+    let resp = handle_op(svc, op, req, None).await;
     with_cors(svc, origin.as_ref(), resp)
 }
 
-async fn handle_op(svc: &Service, op: Op, req: Request) -> Response<Body> {
+/// The path parameters of a matched route.
+type Params = BTreeMap<String, String>;
+
+/// One operation; `params` when the router has matched the path already.
+async fn handle_op(svc: &Service, op: Op, req: Request, params: Option<Params>) -> Response<Body> {
     use tracing::Instrument;
     let route = op.route();
     let span = tracing::info_span!("request", route = route.operation_id, license = tracing::field::Empty);
@@ -329,7 +337,7 @@ async fn handle_op(svc: &Service, op: Op, req: Request) -> Response<Body> {
         let methods = path_methods(route.path);
         let resp = if serves(route.method.clone(), req.method()) {
             let head = req.method() == Method::HEAD;
-            let resp = match run(svc, op, route, req).await {
+            let resp = match run(svc, op, route, req, params).await {
                 Ok(resp) => resp,
                 Err(err) => err.into_response(),
             };
@@ -448,14 +456,23 @@ pub fn with_cors(svc: &Service, origin: Option<&HeaderValue>, mut resp: Response
     resp
 }
 
+/// One line per request: at `debug` for answers the contract expects (a heartbeat costs a few
+/// microseconds of CPU, a log line about as much again), at `warn` when a store failed.
 fn log_request(route: &str, status: StatusCode, started: Instant) {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(route, status = status.as_u16(), latency_ms, "request");
+    if status.is_server_error() {
+        tracing::warn!(route, status = status.as_u16(), latency_ms, "request");
+    } else {
+        tracing::debug!(route, status = status.as_u16(), latency_ms, "request");
+    }
 }
 
-async fn run(svc: &Service, op: Op, route: &Route, req: Request) -> ApiResult {
-    let params = match_template(route.path, req.uri().path())
-        .ok_or_else(|| ApiError::not_found(format!("no route {}", req.uri().path())))?;
+async fn run(svc: &Service, op: Op, route: &Route, req: Request, params: Option<Params>) -> ApiResult {
+    let params = match params {
+        Some(p) => p,
+        None => match_template(route.path, req.uri().path())
+            .ok_or_else(|| ApiError::not_found(format!("no route {}", req.uri().path())))?,
+    };
     match op {
         Op::CreateSession => create_session(svc, &req).await,
         Op::Heartbeat => heartbeat(svc, &req).await,

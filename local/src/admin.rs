@@ -122,6 +122,9 @@ pub fn render(kind: &str, v: &Value) -> String {
             .unwrap_or_default()
     };
     match kind {
+        "license-deleted" => {
+            format!("removed license {}; ended {} session(s)", cell(&v["licenseId"]), cell(&v["ended"]))
+        }
         "force-cleanup" => {
             let ids: Vec<Vec<String>> =
                 v["sessionIds"].as_array().map(|a| a.iter().map(|s| vec![cell(s)]).collect()).unwrap_or_default();

@@ -113,6 +113,10 @@ enum LicenseVerb {
     Get {
         license: String,
     },
+    /// Remove a license: its key stops working and its sessions end (reason revoked).
+    Delete {
+        license: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -307,6 +311,9 @@ async fn admin(args: AdminArgs) -> ExitCode {
         }
         AdminVerb::License { verb: LicenseVerb::Get { license } } => {
             ("license", client.call(Method::GET, &format!("/api/licenses/{}", enc(&license)), None).await)
+        }
+        AdminVerb::License { verb: LicenseVerb::Delete { license } } => {
+            ("license-deleted", client.call(Method::DELETE, &format!("/api/licenses/{}", enc(&license)), None).await)
         }
         AdminVerb::License {
             verb:

@@ -31,6 +31,7 @@ pub enum Op {
     SessionStats,
     PutLicense,
     GetLicense,
+    DeleteLicense,
     Health,
     OpenApi,
 }
@@ -91,6 +92,12 @@ pub static ROUTES: &[Route] = &[
     },
     Route { method: Method::PUT, path: "/api/licenses/{licenseId}", op: Op::PutLicense, operation_id: "putLicense" },
     Route { method: Method::GET, path: "/api/licenses/{licenseId}", op: Op::GetLicense, operation_id: "getLicense" },
+    Route {
+        method: Method::DELETE,
+        path: "/api/licenses/{licenseId}",
+        op: Op::DeleteLicense,
+        operation_id: "deleteLicense",
+    },
     Route { method: Method::GET, path: "/health", op: Op::Health, operation_id: "health" },
     Route { method: Method::GET, path: "/openapi.json", op: Op::OpenApi, operation_id: "openapi" },
 ];
@@ -479,6 +486,7 @@ async fn run(svc: &Service, op: Op, route: &Route, req: Request, params: Option<
         Op::CleanupSession => cleanup_session(svc, &req).await,
         Op::PutLicense => put_license(svc, &req, &params).await,
         Op::GetLicense => get_license(svc, &req, &params).await,
+        Op::DeleteLicense => delete_license(svc, &req, &params).await,
         Op::Health => health(svc).await,
         Op::OpenApi => Ok(Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
@@ -709,6 +717,13 @@ async fn put_license(svc: &Service, req: &Request, params: &BTreeMap<String, Str
         out["key"] = key.into();
     }
     Ok(json_response(if written.created { StatusCode::CREATED } else { StatusCode::OK }, out))
+}
+
+async fn delete_license(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    require_admin(svc, req)?;
+    let id = path_ident(params, "licenseId")?;
+    let ended = svc.delete_license(id.clone()).await?;
+    json_ok(json!({"licenseId": id, "ended": ended}))
 }
 
 async fn get_license(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {

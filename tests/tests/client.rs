@@ -586,7 +586,7 @@ async fn bad_input_gets_the_contract_errors(b: Backend) {
         (Method::PUT, HEARTBEAT, "POST"),
         (Method::GET, CLEANUP, "POST"),
         (Method::DELETE, "/health", "GET"),
-        (Method::POST, "/api/licenses/some-license", "PUT, GET"),
+        (Method::POST, "/api/licenses/some-license", "PUT, GET, DELETE"),
     ] {
         let r = app.request(method.clone(), path, Some(&key), None).await;
         client_error(&format!("{method} {path}"), &r, 405, "method_not_allowed");

@@ -137,6 +137,28 @@ async fn removing_a_feature_revokes_its_sessions(b: Backend) {
     assert!(stats.body["features"].get("b").is_none(), "{stats:?}");
 }
 
+/// Deleting a license: its key stops working and every session of every feature ends (`revoked`),
+/// in both stores; a second delete is a 404.
+async fn deleting_a_license_revokes_its_sessions(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.license(json!({"a": {"maxSessions": 5}, "b": {"maxSessions": 5}})).await;
+    let on_a = app.create(&key, json!({"userId": "u1", "feature": "a"})).await;
+    let on_b = app.create(&key, json!({"userId": "u2", "feature": "b", "deviceId": "d"})).await;
+    let r = app.admin(Method::DELETE, &format!("/api/licenses/{license}"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, json!({"licenseId": license, "ended": 2}));
+    for s in [&on_a.body, &on_b.body] {
+        assert_eq!(app.heartbeat(&tok(s)).await.expect_error(410, "session_expired")["reason"], "revoked");
+        assert_eq!(app.ledger_status(&sid(s)).await.as_deref(), Some("revoked"));
+    }
+    app.create(&key, json!({"userId": "u3", "feature": "a"})).await.expect_error(401, "unauthorized");
+    app.admin(Method::DELETE, &format!("/api/licenses/{license}"), None).await.expect_error(404, "not_found");
+    app.admin(Method::GET, &format!("/api/licenses/{license}"), None).await.expect_error(404, "not_found");
+    // The removed features leave the sweep's sight once nothing of them can come back.
+    let report = app.svc.sweep(&SweepScope::default()).await.unwrap();
+    assert_eq!(report.failed_slots, 0, "{report:?}");
+}
+
 /// Limit 2: A's lease ran out unseen, C took the free seat, B is live; Redis loses everything.
 /// After the rebuild, B and C keep their seats by heartbeat and A does not come back.
 async fn a_rebuild_never_admits_beyond_the_limit(b: Backend) {
@@ -503,6 +525,7 @@ async fn a_refusal_never_waits_on_the_ledger(b: Backend) {
 }
 
 ledger_tests!(
+    deleting_a_license_revokes_its_sessions,
     refusals_are_counted_once,
     a_crash_between_the_stores_is_repaired,
     housekeeping_never_ends_a_live_session,

@@ -895,6 +895,14 @@ async fn cli_admin_verbs_against_the_local_runner() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("404"), "{}", r.stderr);
 
+    // license delete removes it: its sessions end (revoked) and its key stops working.
+    let s3 = create_on(&app, &key, "erin", "f", None).await;
+    let out = cli_ok(&app, &["license", "delete", license]).await;
+    assert_eq!(out.trim(), format!("removed license {license}; ended 1 session(s)"), "{out}");
+    assert_eq!(app.heartbeat(&tok(&s3)).await.body["error"]["reason"], "revoked");
+    let r = cli(&app.base, Some(ADMIN_TOKEN), &["license", "get", license]).await;
+    assert!(r.code == 1 && r.stderr.contains("404"), "{}", r.stderr);
+
     // Unreachable: exit 3.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -77,7 +77,9 @@ pub struct RedisServer {
     pub masters: Vec<String>,
 }
 
-/// Three loopback ports nothing listens on: held while chosen, so that they differ.
+const CLUSTER_MASTERS: usize = 3;
+
+/// Loopback ports nothing listens on: held while chosen, so that they differ.
 async fn free_ports(n: usize) -> Vec<u16> {
     let mut held = Vec::new();
     for _ in 0..n {
@@ -142,59 +144,80 @@ impl RedisServer {
     /// bus on free ports too, joined by `redis-cli --cluster create`. Returns once every master
     /// reports `cluster_state:ok` and knows all three.
     pub async fn start_cluster() -> Self {
-        const MASTERS: usize = 3;
-        let dir = std::env::temp_dir().join(unique("sk-cluster-"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
         // A port taken between choosing it and the server binding it fails that server: try again
         // with new ports (a few times at most).
-        'attempt: for attempt in 0..4 {
-            let ports = free_ports(2 * MASTERS).await;
-            let mut children = Vec::new();
-            for i in 0..MASTERS {
-                let (port, bus) = (ports[i].to_string(), ports[MASTERS + i].to_string());
-                let conf = format!("nodes-{attempt}-{i}.conf");
-                children.push(spawn_redis(
-                    &[
-                        "--bind",
-                        "127.0.0.1",
-                        "--port",
-                        &port,
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-port",
-                        &bus,
-                        "--cluster-config-file",
-                        &conf,
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                    &dir,
-                ));
+        for _ in 0..4 {
+            let ports = free_ports(2 * CLUSTER_MASTERS).await;
+            if let Some(server) = Self::try_cluster_at(&ports).await {
+                return server;
             }
-            let masters: Vec<String> = ports[..MASTERS].iter().map(|p| format!("redis://127.0.0.1:{p}")).collect();
-            for m in &masters {
-                if !wait_for_ping(m).await {
-                    continue 'attempt; // the children are killed as they drop
-                }
-            }
-            let created = tokio::process::Command::new("redis-cli")
-                .arg("--cluster")
-                .arg("create")
-                .args(ports[..MASTERS].iter().map(|p| format!("127.0.0.1:{p}")))
-                .arg("--cluster-yes")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .expect("redis-cli must be installed with redis-server");
-            assert!(created.status.success(), "redis-cli --cluster create failed: {created:?}");
-            let url = masters.join(",");
-            let server = RedisServer { _children: children, dir, url, masters };
-            server.wait_cluster_ok().await;
-            return server;
         }
         panic!("no Redis Cluster came up on free loopback ports after 4 attempts");
+    }
+
+    /// Three loopback ports for masters and three for their cluster bus, free now: for a cluster
+    /// started later (`start_cluster_at`), e.g. after a service that is to find it down.
+    pub async fn cluster_ports() -> Vec<u16> {
+        free_ports(2 * CLUSTER_MASTERS).await
+    }
+
+    /// The `SEATKEEPER_REDIS_URL` of a cluster on these ports (`cluster_ports`).
+    pub fn cluster_url(ports: &[u16]) -> String {
+        ports[..CLUSTER_MASTERS].iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// A cluster on these ports (from `cluster_ports`): masters on the first three, bus on the rest.
+    pub async fn start_cluster_at(ports: &[u16]) -> Self {
+        Self::try_cluster_at(ports).await.unwrap_or_else(|| panic!("no Redis Cluster came up on ports {ports:?}"))
+    }
+
+    async fn try_cluster_at(ports: &[u16]) -> Option<Self> {
+        assert_eq!(ports.len(), 2 * CLUSTER_MASTERS, "a port for each master and each bus");
+        let dir = std::env::temp_dir().join(unique("sk-cluster-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut children = Vec::new();
+        for i in 0..CLUSTER_MASTERS {
+            let (port, bus) = (ports[i].to_string(), ports[CLUSTER_MASTERS + i].to_string());
+            let conf = format!("nodes-{i}.conf");
+            children.push(spawn_redis(
+                &[
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+                &dir,
+            ));
+        }
+        let masters: Vec<String> = Self::cluster_url(ports).split(',').map(str::to_owned).collect();
+        let server = RedisServer { _children: children, dir, url: masters.join(","), masters };
+        for m in &server.masters {
+            if !wait_for_ping(m).await {
+                return None; // dropped: the children are killed, the directory removed
+            }
+        }
+        let created = tokio::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports[..CLUSTER_MASTERS].iter().map(|p| format!("127.0.0.1:{p}")))
+            .arg("--cluster-yes")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("redis-cli must be installed with redis-server");
+        assert!(created.status.success(), "redis-cli --cluster create failed: {created:?}");
+        server.wait_cluster_ok().await;
+        Some(server)
     }
 
     /// Waits (bounded) until every master sees a healthy cluster of all the masters.
@@ -610,7 +633,11 @@ impl TestApp {
     }
 
     pub async fn start_with(backend: Backend, opts: Options) -> Self {
-        let redis = RedisServer::start().await;
+        Self::start_on(RedisServer::start().await, backend, opts).await
+    }
+
+    /// On this Redis (e.g. a cluster whatever the mode: `RedisServer::start_cluster`).
+    pub async fn start_on(redis: RedisServer, backend: Backend, opts: Options) -> Self {
         let db = Database::create(backend).await;
         let proxy = if opts.proxy {
             assert_ne!(backend, Backend::Sqlite, "SQLite is a file: there is no connection to cut");

@@ -442,6 +442,55 @@ async fn two_sweeps_at_once_stay_safe() {
 
 // ---- on a three-master cluster, whatever the mode ----
 
+/// MONITOR on every master, over a raw connection of its own, read in-process (a piped
+/// `redis-cli MONITOR` loses what it buffered when killed).
+struct Monitors {
+    readers: Vec<tokio::task::JoinHandle<String>>,
+}
+
+const MONITOR_END: &str = "sk-monitor-end";
+
+impl Monitors {
+    async fn start(redis: &RedisServer) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut readers = Vec::new();
+        for url in &redis.masters {
+            let addr = url.trim_start_matches("redis://").to_owned();
+            let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(&addr).await.expect("master"));
+            stream.get_mut().write_all(b"MONITOR\r\n").await.unwrap();
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            assert_eq!(line.trim_end(), "+OK", "MONITOR on {addr}");
+            readers.push(tokio::spawn(async move {
+                let mut seen = String::new();
+                loop {
+                    let mut line = String::new();
+                    let read = tokio::time::timeout(BOUND, stream.read_line(&mut line)).await;
+                    let n = read.expect("MONITOR shows the end marker").expect("MONITOR stream");
+                    assert!(n > 0, "MONITOR stream closed");
+                    if line.contains(MONITOR_END) {
+                        return seen;
+                    }
+                    seen.push_str(&line);
+                }
+            }));
+        }
+        Monitors { readers }
+    }
+
+    /// Everything each master's MONITOR showed, up to an end marker sent to each master.
+    async fn stop(self, redis: &RedisServer) -> Vec<String> {
+        for mut c in redis.master_conns().await {
+            let _: String = redis::cmd("ECHO").arg(MONITOR_END).query_async(&mut c).await.unwrap();
+        }
+        let mut out = Vec::new();
+        for r in self.readers {
+            out.push(r.await.unwrap());
+        }
+        out
+    }
+}
+
 /// The master (index into `masters`) that owns a key: the others answer MOVED.
 async fn owner_of(redis: &RedisServer, key: &str) -> usize {
     let mut owners = Vec::new();
@@ -663,18 +712,7 @@ async fn a_503_takes_no_seat_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_holds_no_usable_secret() {
     let app = TestApp::start_on(RedisServer::start_cluster().await, Backend::Sqlite, Options::default()).await;
-    let mut monitors = Vec::new();
-    for url in &app.redis.masters {
-        monitors.push(
-            tokio::process::Command::new("redis-cli")
-                .args(["-u", url, "MONITOR"])
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-cli"),
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let monitors = Monitors::start(&app.redis).await;
     let mut secrets = Vec::new();
     for i in 0..12 {
         let (_, key) = app.simple_license(json!({"maxSessions": 5})).await;
@@ -688,13 +726,7 @@ async fn a_cluster_holds_no_usable_secret() {
         secrets.push(key);
         secrets.push(token(&first.body).split_once('.').expect("id.secret token").1.to_owned());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut seen = Vec::new();
-    for mut m in monitors {
-        m.start_kill().unwrap();
-        let out = m.wait_with_output().await.unwrap();
-        seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
+    let seen = monitors.stop(&app.redis).await;
     let scripted: HashSet<usize> = (0..seen.len()).filter(|&i| seen[i].contains("EVALSHA")).collect();
     assert_eq!(scripted.len(), 3, "every master ran scripts (12 licenses spread over the slots)");
 
@@ -712,4 +744,136 @@ async fn a_cluster_holds_no_usable_secret() {
             assert!(!text.contains(s.as_str()), "{what} shows a secret");
         }
     }
+}
+
+/// The hash tag `{...}` of a seat-store key (`sk:{license/feature}:...`), if it is one.
+fn hash_tag(arg: &str) -> Option<&str> {
+    let rest = arg.strip_prefix("sk:{")?;
+    rest.split_once('}').map(|(tag, _)| tag)
+}
+
+/// A MONITOR line's origin and its arguments, unquoted (`1.2 [0 127.0.0.1:5] "ZADD" "k" "1"`).
+fn monitor_line(line: &str) -> Option<(&str, Vec<String>)> {
+    let (_, rest) = line.split_once(" [")?;
+    let (origin, command) = rest.split_once("] ")?;
+    let args = command.split("\" \"").map(|a| a.trim_matches('"').replace("\\\"", "\"")).collect();
+    Some((origin, args))
+}
+
+/// Every script of the seat store, by name and SHA, as the service sends them (prelude first).
+fn seat_scripts() -> HashMap<String, &'static str> {
+    macro_rules! lua {
+        ($($file:literal),*) => {
+            [$((
+                redis::Script::new(concat!(
+                    include_str!("../../shared/src/lua/prelude.lua"),
+                    include_str!(concat!("../../shared/src/lua/", $file))
+                )).get_hash().to_owned(),
+                $file,
+            )),*]
+        };
+    }
+    HashMap::from(lua!(
+        "create.lua",
+        "heartbeat.lua",
+        "end.lua",
+        "release.lua",
+        "rebuild.lua",
+        "policy.lua",
+        "due.lua",
+        "expire.lua",
+        "snapshot.lua",
+        "record.lua",
+        "revoke.lua"
+    ))
+}
+
+/// On a real cluster, under every master's MONITOR, the service runs each of its scripts (create
+/// and its replay, heartbeat, end, a policy change, the sweep's due/expire/snapshot, a record read
+/// for a ledger row whose seat was lost, a release after a failed ledger write, a rebuild after
+/// FLUSHALL, a revoke after a feature's removal). Every EVALSHA's KEYS share one hash tag, and
+/// every command a script runs inside Redis (MONITOR's `lua` lines) touches only keys with that
+/// same tag: the slot's own keys (`x:<id>`, `u`, `prov`, `i:<key>` built from the prefix too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_script_stays_in_its_slot() {
+    let app = TestApp::start_on(RedisServer::start_cluster().await, Backend::Sqlite, Options::default()).await;
+    let monitors = Monitors::start(&app.redis).await;
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (license, key) =
+            app.license(json!({"f": {"maxSessions": 3, "resurrectWindowSeconds": 0}, "g": {"maxSessions": 2}})).await;
+        let path = format!("/api/licenses/{license}");
+        let body = json!({"userId": "u1", "feature": "f", "idempotencyKey": format!("k{i}")});
+        let s1 = app.create(&key, body.clone()).await;
+        assert_eq!(s1.status, 201, "{s1:?}");
+        assert_eq!(app.create(&key, body).await.status, 200, "replay");
+        assert_eq!(app.heartbeat(&token(&s1.body)).await.status, 200);
+        let changed = json!({"features": {"f": {"maxSessions": 4}, "g": {"maxSessions": 2}}});
+        assert_eq!(app.admin(Method::PUT, &path, Some(changed)).await.status, 200);
+        assert_eq!(app.cleanup(&token(&s1.body)).await.body, json!({"ended": true}));
+        let s2 = app.create_ok(&key, "u2").await;
+        let s3 = app.create_ok(&key, "u3").await;
+        let on_g = app.create(&key, json!({"userId": "u1", "feature": "g"})).await;
+        assert_eq!(on_g.status, 201, "{on_g:?}");
+        app.lapse_seat(&license, "f", s3["sessionId"].as_str().unwrap(), 5_000).await;
+        // A ledger row whose seat was lost: the full sweep asks the store for its record.
+        let s5 = app.create_ok(&key, "u5").await;
+        app.drop_seat(&license, "f", s5["sessionId"].as_str().unwrap()).await;
+        let full = app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.expect("sweep");
+        assert_eq!(full.failed_slots, 0, "{full:?}");
+        app.fail_session_inserts(true).await;
+        app.create(&key, json!({"userId": "u4", "feature": "f"})).await.expect_error(503, "store_unavailable");
+        app.fail_session_inserts(false).await;
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut app.redis_conn().await).await.unwrap();
+        assert_eq!(app.heartbeat(&token(&s2)).await.status, 200, "rebuilt from the ledger");
+        let removed = json!({"features": {"f": {"maxSessions": 4}}});
+        assert_eq!(app.admin(Method::PUT, &path, Some(removed)).await.status, 200);
+        app.heartbeat(&token(&on_g.body)).await.expect_error(410, "session_expired");
+        let swept = app.svc.sweep(&SweepScope::default()).await.expect("sweep");
+        assert_eq!(swept.failed_slots, 0, "{swept:?}");
+        ids.push(license);
+    }
+    let scripts = seat_scripts();
+    let mut ran: HashMap<&str, u64> = HashMap::new();
+    let (mut evals, mut nested, mut checked) = (0u64, 0u64, 0u64);
+    for text in monitors.stop(&app.redis).await {
+        // A script runs atomically: its `lua` lines follow its EVALSHA on that master's stream.
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            let Some((origin, args)) = monitor_line(line) else { continue };
+            let name = args[0].to_ascii_uppercase();
+            if origin.ends_with(" lua") {
+                let tag = current.as_deref().unwrap_or_else(|| panic!("a script command outside a script: {line}"));
+                for a in args.iter().skip(1).filter(|a| a.starts_with("sk:")) {
+                    assert_eq!(hash_tag(a), Some(tag), "a script with KEYS in {{{tag}}} touched {a}: {line}");
+                    checked += 1;
+                }
+                nested += 1;
+            } else if name == "EVALSHA" || name == "EVAL" {
+                let numkeys: usize = args[2].parse().expect("numkeys");
+                let keys = &args[3..3 + numkeys];
+                let tags: HashSet<Option<&str>> = keys.iter().map(|k| hash_tag(k)).collect();
+                assert_eq!(tags.len(), 1, "one hash tag for all KEYS: {line}");
+                let tag =
+                    tags.into_iter().next().unwrap().unwrap_or_else(|| panic!("KEYS outside the seat store: {line}"));
+                for a in args[3 + numkeys..].iter().filter(|a| a.starts_with("sk:")) {
+                    assert_eq!(hash_tag(a), Some(tag), "an ARGV key prefix of another slot: {line}");
+                }
+                current = Some(tag.to_owned());
+                if name == "EVALSHA" {
+                    if let Some(script) = scripts.get(&args[1]) {
+                        *ran.entry(script).or_default() += 1;
+                        evals += 1;
+                    }
+                }
+            } else {
+                current = None;
+            }
+        }
+    }
+    println!("{evals} seat-store scripts, {nested} commands inside them, {checked} keys checked: {ran:?}");
+    assert!(nested > evals && checked > evals, "MONITOR showed the keys the scripts touched");
+    let missing: Vec<_> = scripts.values().filter(|s| !ran.contains_key(*s)).collect();
+    assert!(missing.is_empty(), "scripts this scenario did not run: {missing:?} (ran {ran:?})");
 }

@@ -877,3 +877,80 @@ async fn every_script_stays_in_its_slot() {
     let missing: Vec<_> = scripts.values().filter(|s| !ran.contains_key(*s)).collect();
     assert!(missing.is_empty(), "scripts this scenario did not run: {missing:?} (ran {ran:?})");
 }
+
+/// A slot moves to another master while sessions use it, as a resharding moves it: first
+/// mid-migration (its keys already on the new master, which answers only after ASKING: the old one
+/// answers ASK), then for good (the old master answers MOVED). Heartbeats follow it both times,
+/// creates once it has moved (mid-migration one may answer 503 and takes no seat), and every key
+/// of the slot ends up on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moving_slot_is_followed() {
+    let app = TestApp::start_on(RedisServer::start_cluster().await, Backend::Sqlite, Options::default()).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 10})).await;
+    let s1 = app.create_ok(&key, "u1").await;
+    let leases = TestApp::seat_key(&license, "f", "leases");
+    let src = owner_of(&app.redis, &leases).await;
+    let dst = (src + 1) % app.redis.masters.len();
+    let mut conns = app.redis.master_conns().await;
+    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&leases).query_async(&mut conns[0]).await.unwrap();
+    let mut ids = Vec::new();
+    for c in conns.iter_mut() {
+        ids.push(redis::cmd("CLUSTER").arg("MYID").query_async::<String>(c).await.unwrap());
+    }
+    let dst_port: u16 = app.redis.masters[dst].rsplit_once(':').unwrap().1.parse().unwrap();
+    let setslot = |state: &'static str, node: String| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
+        cmd
+    };
+    let () = setslot("IMPORTING", ids[src].clone()).query_async(&mut conns[dst]).await.unwrap();
+    let () = setslot("MIGRATING", ids[dst].clone()).query_async(&mut conns[src]).await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1000).query_async(&mut conns[src]).await.unwrap();
+    assert!(keys.len() >= 3, "the slot's keys: {keys:?}");
+    let () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(dst_port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&keys)
+        .query_async(&mut conns[src])
+        .await
+        .unwrap();
+
+    // Mid-migration: the old master answers ASK, the new one serves after ASKING. A create's
+    // script also names keys that do not exist yet (its idempotency record), which an importing
+    // master refuses (TRYAGAIN) until the slot is all its own: 503, and no seat taken.
+    let h = app.heartbeat(&token(&s1)).await;
+    assert_eq!(h.status, 200, "heartbeat followed ASK: {h:?}");
+    let mid = app.create(&key, json!({"userId": "u-mid", "feature": "f"})).await;
+    println!("create mid-migration: {} {}", mid.status, mid.body);
+    let mid_admitted = match mid.status {
+        201 => 1,
+        _ => {
+            mid.expect_error(503, "store_unavailable");
+            0
+        }
+    };
+
+    // Done: every master learns the slot's new owner; the service's map is stale (MOVED).
+    for m in [dst, src, 3 - src - dst] {
+        let () = setslot("NODE", ids[dst].clone()).query_async(&mut conns[m]).await.unwrap();
+    }
+    assert_eq!(app.heartbeat(&token(&s1)).await.status, 200, "heartbeat followed MOVED");
+    let s2 = app.create_ok(&key, "u2").await;
+    assert_eq!(app.heartbeat(&token(&s2)).await.status, 200);
+    if mid_admitted == 1 {
+        assert_eq!(app.heartbeat(&token(&mid.body)).await.status, 200);
+    }
+    assert_eq!(app.live_leases(&license, "f").await, 2 + mid_admitted);
+    let by_master = app.redis.keys_by_master(&format!("sk:{{{license}/f}}:*")).await;
+    for (m, keys) in by_master.iter().enumerate() {
+        assert_eq!(keys.is_empty(), m != dst, "the slot's keys are all on master {dst}: {by_master:?}");
+    }
+    let report = app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.expect("sweep");
+    assert_eq!(report.failed_slots, 0, "{report:?}");
+    assert_eq!(report.orphan_seats + report.orphan_rows + report.repaired, 0, "{report:?}");
+}

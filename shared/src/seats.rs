@@ -808,3 +808,26 @@ impl Reply {
         EndReason::parse(&s).ok_or_else(|| Error::seat_store(format!("unknown end reason {s:?}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_select_a_cluster() {
+        assert_eq!(cluster_nodes("redis://127.0.0.1:6379"), None);
+        assert_eq!(cluster_nodes("redis+unix:///tmp/redis.sock"), None);
+        assert_eq!(
+            cluster_nodes("redis://10.0.0.1:7000, redis://10.0.0.2:7001,redis://10.0.0.3:7002"),
+            Some(vec!["redis://10.0.0.1:7000", "redis://10.0.0.2:7001", "redis://10.0.0.3:7002"])
+        );
+        assert_eq!(cluster_nodes("redis://cluster-endpoint:6379,"), Some(vec!["redis://cluster-endpoint:6379"]));
+    }
+
+    #[test]
+    fn a_cluster_node_is_a_tcp_url() {
+        let err = |url: &str| SeatStore::connect(url).err().map(|e| e.to_string());
+        assert!(err("redis+unix:///tmp/a.sock,redis://127.0.0.1:7000").is_some());
+        assert!(err(",").is_some(), "no node at all");
+    }
+}

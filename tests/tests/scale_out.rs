@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
+use seatkeeper_tests::seatkeeper_core::domain::{Ident, Slot};
 use seatkeeper_tests::seatkeeper_core::sweep::SweepScope;
 use seatkeeper_tests::{Backend, Database, Options, RedisServer, Resp, TestApp, ADMIN_TOKEN};
 use serde_json::{json, Value};
@@ -167,6 +168,12 @@ impl Runner {
 
     async fn heartbeat(&self, token: &str) -> Resp {
         self.request(Method::POST, "/api/licenses/sessions/heartbeat", Some(token), None).await
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -556,6 +563,14 @@ async fn the_sweep_finds_every_masters_keys() {
     assert_eq!(due_before.iter().map(|d| d.1).sum::<u64>(), LICENSES as u64);
     assert_eq!(live_before.iter().map(|d| d.1).sum::<u64>(), LICENSES as u64);
     assert!(live_before.iter().all(|l| l.0 > 0), "every master holds live slots: {live_before:?}");
+    // slot_size's pipeline (three reads of one slot) goes whole to the slot's master, wherever it is.
+    for id in &licenses {
+        for feature in ["due", "live"] {
+            let slot = Slot { license: Ident::parse("l", id).unwrap(), feature: Ident::parse("f", feature).unwrap() };
+            let size = app.svc.seats().slot_size(&slot).await.expect("slot_size on a cluster");
+            assert!(size.initialized && !size.revoked && size.leases == 1, "{id}/{feature}: {size:?}");
+        }
+    }
     // Every slot's keys are on the master that owns its hash tag.
     for id in licenses.iter().take(10) {
         let owner = owner_of(&app.redis, &TestApp::seat_key(id, "due", "leases")).await;

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
 
 use crate::domain::{EndReason, FeaturePolicy, LimitScope, Slot};
 use crate::error::{Error, Result};
@@ -51,6 +53,7 @@ struct Scripts {
 /// here (and answers 503) never takes a seat later. Kept well inside the response timeout.
 const CREATE_BUDGET_MS: i64 = 1_000;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The Redis server's clock as seen from here: the offset of its TIME from this process's clock,
 /// measured from replies (so off by at most one round trip, which the budget absorbs).
@@ -67,9 +70,124 @@ impl ServerClock {
     }
 }
 
+/// The connection to the seat store: one Redis server, or a Redis Cluster. Both run the same
+/// scripts the same way; every script's keys share the slot's hash tag, so in a cluster each call
+/// goes to the one master that owns the slot.
+#[derive(Clone)]
+enum SeatConn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// How often a cluster call is sent again when the cluster answered that it did not run it
+/// (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, READONLY: a slot moving or a failover). An ASK
+/// goes at once to the master importing the slot, after ASKING; the others after a short wait, to
+/// the owner in the crate's slot map (a MOVED has made it refresh the map).
+const CLUSTER_REDIRECTS: u32 = 2;
+const CLUSTER_REDIRECT_WAIT: Duration = Duration::from_millis(100);
+
+/// Whether the cluster refused the command without running it, so that sending it again cannot
+/// run a script twice. Transport errors are not among these: a script may have run when a
+/// connection dropped, and the caller handles that (see `create`).
+fn not_run(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+        )
+    )
+}
+
+/// Where an ASK redirection sends a call: the master importing the slot.
+fn ask_target(e: &RedisError) -> Option<(String, u16)> {
+    if e.kind() != ErrorKind::Server(ServerErrorKind::Ask) {
+        return None;
+    }
+    let (addr, _slot) = e.redirect_node()?;
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+/// A call sent to the master importing its slot, after ASKING on the same connection. A call
+/// whose keys are not all there yet is refused (TRYAGAIN) until the slot is moved.
+async fn asking(c: &mut ClusterConnection, cmd: &Cmd, host: String, port: u16) -> redis::RedisResult<Value> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("ASKING").add_command(cmd.clone());
+    let route = SingleNodeRoutingInfo::ByAddress { host, port };
+    let mut replies = c.route_pipeline(pipe, 1, 1, route).await?;
+    replies.pop().ok_or_else(|| RedisError::from((ErrorKind::Client, "no reply after ASKING")))?.extract_error()
+}
+
+impl ConnectionLike for SeatConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            SeatConn::Node(c) => c.req_packed_command(cmd),
+            SeatConn::Cluster(c) => Box::pin(async move {
+                let mut result = c.req_packed_command(cmd).await;
+                for _ in 0..CLUSTER_REDIRECTS {
+                    let Err(e) = &result else { break };
+                    if !not_run(e) {
+                        break;
+                    }
+                    result = match ask_target(e) {
+                        Some((host, port)) => asking(c, cmd, host, port).await,
+                        None => {
+                            tokio::time::sleep(CLUSTER_REDIRECT_WAIT).await;
+                            c.req_packed_command(cmd).await
+                        }
+                    };
+                }
+                result
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            SeatConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            // Only `slot_size` sends a pipeline: in the middle of its slot's migration (ASK) it
+            // fails, and the sweep takes the slot up again next time.
+            SeatConn::Cluster(c) => Box::pin(async move {
+                let mut attempt = 0;
+                loop {
+                    match c.req_packed_commands(pipeline, offset, count).await {
+                        Err(e) if attempt < CLUSTER_REDIRECTS && not_run(&e) => attempt += 1,
+                        done => return done,
+                    }
+                    tokio::time::sleep(CLUSTER_REDIRECT_WAIT).await;
+                }
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            SeatConn::Node(c) => c.get_db(),
+            SeatConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The nodes of a Redis Cluster when `url` names a cluster: several comma-separated
+/// `redis://host:port` URLs (a single seed node is written with a trailing comma). `None` for a
+/// single server (`redis://` or `redis+unix://`).
+pub fn cluster_nodes(url: &str) -> Option<Vec<&str>> {
+    url.contains(',').then(|| url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect())
+}
+
 #[derive(Clone)]
 pub struct SeatStore {
-    conn: ConnectionManager,
+    conn: SeatConn,
     scripts: Arc<Scripts>,
     clock: Arc<ServerClock>,
 }
@@ -264,14 +382,20 @@ impl SlotSnapshot {
 
 impl SeatStore {
     /// Connects lazily: the service starts while Redis is down and answers 503 until it is back.
+    /// Several comma-separated URLs select a Redis Cluster (see `cluster_nodes`).
     pub fn connect(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(Error::seat_store)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_lazy(config).map_err(Error::seat_store)?;
+        let conn = match cluster_nodes(url) {
+            Some(nodes) => SeatConn::Cluster(Self::connect_cluster(&nodes)?),
+            None => {
+                let client = redis::Client::open(url).map_err(Error::seat_store)?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                SeatConn::Node(client.get_connection_manager_lazy(config).map_err(Error::seat_store)?)
+            }
+        };
         let scripts = Scripts {
             create: script!("create.lua"),
             heartbeat: script!("heartbeat.lua"),
@@ -289,17 +413,56 @@ impl SeatStore {
         Ok(SeatStore { conn, scripts: Arc::new(scripts), clock: Arc::default() })
     }
 
+    /// A cluster connection that connects in the background, like the single node's: until the
+    /// cluster answers, calls fail (503) and each failure makes it reconnect from the seed nodes.
+    /// The client itself never sends a call again (`retries(0)`): after a dropped connection a
+    /// script may have run, so only `SeatConn` repeats the calls the cluster refused unrun.
+    fn connect_cluster(nodes: &[&str]) -> Result<ClusterConnection> {
+        if nodes.is_empty() {
+            return Err(Error::seat_store("SEATKEEPER_REDIS_URL names no cluster node"));
+        }
+        if let Some(unix) = nodes.iter().find(|n| !n.starts_with("redis://") && !n.starts_with("rediss://")) {
+            return Err(Error::seat_store(format!(
+                "a Redis Cluster node must be a redis://host:port URL, not {:?}",
+                unix.split_once("://").map_or(*unix, |(scheme, _)| scheme)
+            )));
+        }
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(CONNECTION_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(0)
+            .build()
+            .map_err(Error::seat_store)?;
+        // The config's timeouts replace the builder's (an unset response timeout would clear it).
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(CONNECTION_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        Ok(client.get_pending_async_connection_with_config(config))
+    }
+
     /// The deadline for a create sent now, on the Redis server's clock.
-    async fn create_deadline(&self) -> Result<i64> {
+    /// In a cluster TIME is asked of the master that owns the slot, whose clock the script reads.
+    async fn create_deadline(&self, k: &SlotKeys) -> Result<i64> {
         if !self.clock.known.load(Ordering::Relaxed) {
-            let mut conn = self.conn.clone();
-            let (secs, micros): (i64, i64) =
-                redis::cmd("TIME").query_async(&mut conn).await.map_err(Error::seat_store)?;
+            let time = match &self.conn {
+                SeatConn::Node(c) => redis::cmd("TIME").query_async(&mut c.clone()).await,
+                SeatConn::Cluster(c) => {
+                    let route = Route::with_key(k.leases(), SlotAddr::Master);
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    c.clone()
+                        .route_command(redis::cmd("TIME"), routing)
+                        .await
+                        .and_then(|v| redis::from_redis_value_ref(&v).map_err(RedisError::from))
+                }
+            };
+            let (secs, micros): (i64, i64) = time.map_err(Error::seat_store)?;
             self.clock.observe(secs * 1000 + micros / 1000);
         }
         Ok(crate::domain::now_ms() + self.clock.offset_ms.load(Ordering::Relaxed) + CREATE_BUDGET_MS)
     }
 
+    /// In a cluster PING goes to every master and fails unless every one answers: a master that
+    /// is down leaves its slots without an authority.
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(Error::seat_store)?;
@@ -319,7 +482,7 @@ impl SeatStore {
         idem_value.extend_from_slice(seat.session_id.as_bytes());
         idem_value.extend_from_slice(seat.sealed_secret);
         idem_value.extend_from_slice(seat.user.as_bytes());
-        let deadline = self.create_deadline().await?;
+        let deadline = self.create_deadline(&k).await?;
         let mut inv = self.scripts.create.prepare_invoke();
         inv.key(k.leases())
             .key(k.cfg())
@@ -550,7 +713,8 @@ impl SeatStore {
 
     /// Whether the slot is live in the store (its cfg exists), whether it awaits the end of a
     /// feature removal, and how many leases it holds, live or due: O(1) reads for the sweep's
-    /// cheap consistency check.
+    /// cheap consistency check. In a cluster the crate sends a pipeline whole to the node of its
+    /// commands' slot (and refuses one that spans slots); these keys share the slot's hash tag.
     pub async fn slot_size(&self, slot: &Slot) -> Result<SlotSize> {
         let k = SlotKeys::new(slot);
         let mut conn = self.conn.clone();
@@ -662,5 +826,28 @@ impl Reply {
     fn reason(&self, i: usize) -> Result<EndReason> {
         let s = self.str(i)?;
         EndReason::parse(&s).ok_or_else(|| Error::seat_store(format!("unknown end reason {s:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_select_a_cluster() {
+        assert_eq!(cluster_nodes("redis://127.0.0.1:6379"), None);
+        assert_eq!(cluster_nodes("redis+unix:///tmp/redis.sock"), None);
+        assert_eq!(
+            cluster_nodes("redis://10.0.0.1:7000, redis://10.0.0.2:7001,redis://10.0.0.3:7002"),
+            Some(vec!["redis://10.0.0.1:7000", "redis://10.0.0.2:7001", "redis://10.0.0.3:7002"])
+        );
+        assert_eq!(cluster_nodes("redis://cluster-endpoint:6379,"), Some(vec!["redis://cluster-endpoint:6379"]));
+    }
+
+    #[test]
+    fn a_cluster_node_is_a_tcp_url() {
+        let err = |url: &str| SeatStore::connect(url).err().map(|e| e.to_string());
+        assert!(err("redis+unix:///tmp/a.sock,redis://127.0.0.1:7000").is_some());
+        assert!(err(",").is_some(), "no node at all");
     }
 }

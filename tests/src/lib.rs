@@ -1,6 +1,9 @@
 //! Test harness for the black-box suite: every test gets its own real Redis (a `redis-server` on a
 //! private Unix socket, so FLUSHALL and INFO commandstats see only that test) and its own real
 //! database on the chosen ledger backend, and talks to the local runner over real HTTP.
+//! With `SEATKEEPER_TEST_REDIS=cluster` that Redis is a private three-master Redis Cluster on
+//! loopback ports instead (see `RedisServer`, and `RedisConn` for how a test's own commands reach
+//! every master).
 //!
 //! Backends: SQLite (a temp file), PostgreSQL (`SEATKEEPER_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and MySQL/MariaDB (`SEATKEEPER_TEST_MYSQL_URL`,
@@ -55,53 +58,375 @@ fn unique(prefix: &str) -> String {
 
 // ---- Redis ----
 
-/// A private `redis-server` on a Unix socket, killed on drop.
+/// Whether the suite runs against Redis Cluster: `SEATKEEPER_TEST_REDIS=cluster` makes every
+/// `RedisServer::start()` a private three-master cluster on loopback ports instead of one server
+/// on a Unix socket.
+pub fn cluster_mode() -> bool {
+    std::env::var("SEATKEEPER_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
+/// A private Redis for one test, killed on drop: one `redis-server` on a Unix socket, or (in
+/// cluster mode, see `cluster_mode`) three masters on loopback ports joined into one cluster.
 pub struct RedisServer {
-    _child: tokio::process::Child,
+    _children: Vec<tokio::process::Child>,
     dir: PathBuf,
+    /// What `SEATKEEPER_REDIS_URL` is set to: the socket's URL, or every master's URL joined by
+    /// commas (the cluster form).
     pub url: String,
+    /// Each master's own URL (the one server's URL when not a cluster).
+    pub masters: Vec<String>,
+}
+
+const CLUSTER_MASTERS: usize = 3;
+
+/// Loopback ports nothing listens on: held while chosen, so that they differ.
+async fn free_ports(n: usize) -> Vec<u16> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"));
+    }
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+async fn wait_for_ping(url: &str) -> bool {
+    let client = redis::Client::open(url).expect("redis url");
+    for _ in 0..200 {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+fn spawn_redis(args: &[&str], dir: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new("redis-server")
+        .args(args)
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server must be installed (see README: the test command installs it)")
 }
 
 impl RedisServer {
+    /// One server, or a cluster in cluster mode.
     pub async fn start() -> Self {
+        if cluster_mode() {
+            Self::start_cluster().await
+        } else {
+            Self::start_single().await
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.masters.len() > 1
+    }
+
+    /// A private `redis-server` on a Unix socket.
+    pub async fn start_single() -> Self {
         let dir = std::env::temp_dir().join(unique("sk-redis-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let socket = dir.join("redis.sock");
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server must be installed (see README: the test command installs it)");
+        let child = spawn_redis(&["--port", "0", "--unixsocket", socket.to_str().expect("utf-8 temp path")], &dir);
         let url = format!("redis+unix://{}", socket.display());
-        let client = redis::Client::open(url.as_str()).expect("redis url");
-        for _ in 0..200 {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
-                    return RedisServer { _child: child, dir, url };
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        if wait_for_ping(&url).await {
+            return RedisServer { _children: vec![child], dir, masters: vec![url.clone()], url };
         }
         panic!("redis-server did not come up on {}", socket.display());
     }
 
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
+    /// A private Redis Cluster: three masters (no replicas) on free loopback ports, their cluster
+    /// bus on free ports too, joined by `redis-cli --cluster create`. Returns once every master
+    /// reports `cluster_state:ok` and knows all three.
+    pub async fn start_cluster() -> Self {
+        // A port taken between choosing it and the server binding it fails that server: try again
+        // with new ports (a few times at most).
+        for _ in 0..4 {
+            let ports = free_ports(2 * CLUSTER_MASTERS).await;
+            if let Some(server) = Self::try_cluster_at(&ports).await {
+                return server;
+            }
+        }
+        panic!("no Redis Cluster came up on free loopback ports after 4 attempts");
+    }
+
+    /// Three loopback ports for masters and three for their cluster bus, free now: for a cluster
+    /// started later (`start_cluster_at`), e.g. after a service that is to find it down.
+    pub async fn cluster_ports() -> Vec<u16> {
+        free_ports(2 * CLUSTER_MASTERS).await
+    }
+
+    /// The `SEATKEEPER_REDIS_URL` of a cluster on these ports (`cluster_ports`).
+    pub fn cluster_url(ports: &[u16]) -> String {
+        ports[..CLUSTER_MASTERS].iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// A cluster on these ports (from `cluster_ports`): masters on the first three, bus on the rest.
+    pub async fn start_cluster_at(ports: &[u16]) -> Self {
+        Self::try_cluster_at(ports).await.unwrap_or_else(|| panic!("no Redis Cluster came up on ports {ports:?}"))
+    }
+
+    async fn try_cluster_at(ports: &[u16]) -> Option<Self> {
+        assert_eq!(ports.len(), 2 * CLUSTER_MASTERS, "a port for each master and each bus");
+        let dir = std::env::temp_dir().join(unique("sk-cluster-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut children = Vec::new();
+        for i in 0..CLUSTER_MASTERS {
+            let (port, bus) = (ports[i].to_string(), ports[CLUSTER_MASTERS + i].to_string());
+            let conf = format!("nodes-{i}.conf");
+            children.push(spawn_redis(
+                &[
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+                &dir,
+            ));
+        }
+        let masters: Vec<String> = Self::cluster_url(ports).split(',').map(str::to_owned).collect();
+        let server = RedisServer { _children: children, dir, url: masters.join(","), masters };
+        for m in &server.masters {
+            if !wait_for_ping(m).await {
+                return None; // dropped: the children are killed, the directory removed
+            }
+        }
+        let created = tokio::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports[..CLUSTER_MASTERS].iter().map(|p| format!("127.0.0.1:{p}")))
+            .arg("--cluster-yes")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
             .await
-            .expect("redis connection")
+            .expect("redis-cli must be installed with redis-server");
+        assert!(created.status.success(), "redis-cli --cluster create failed: {created:?}");
+        server.wait_cluster_ok().await;
+        Some(server)
+    }
+
+    /// Waits (bounded) until every master sees a healthy cluster of all the masters.
+    async fn wait_cluster_ok(&self) {
+        let want_nodes = format!("cluster_known_nodes:{}", self.masters.len());
+        for _ in 0..400 {
+            let mut ok = true;
+            for mut c in self.master_conns().await {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap_or_default();
+                ok &= info.lines().any(|l| l.trim() == "cluster_state:ok")
+                    && info.lines().any(|l| l.trim() == want_nodes);
+            }
+            if ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the cluster {} did not reach cluster_state:ok", self.url);
+    }
+
+    /// A connection to every master, in the order of `masters`.
+    pub async fn master_conns(&self) -> Vec<redis::aio::MultiplexedConnection> {
+        let mut out = Vec::new();
+        for url in &self.masters {
+            let c = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await;
+            out.push(c.unwrap_or_else(|e| panic!("redis connection to {url}: {e}")));
+        }
+        out
+    }
+
+    /// A connection for the test's own commands (see `RedisConn`).
+    pub async fn conn(&self) -> RedisConn {
+        if !self.is_cluster() {
+            return RedisConn::Node(self.master_conns().await.remove(0));
+        }
+        let cluster = redis::cluster::ClusterClient::new(self.masters.clone())
+            .expect("cluster client")
+            .get_async_connection()
+            .await
+            .expect("cluster connection");
+        RedisConn::Cluster { cluster, masters: self.master_conns().await }
+    }
+
+    /// Every key on every master, by master (one entry when not a cluster).
+    pub async fn keys_by_master(&self, pattern: &str) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for mut c in self.master_conns().await {
+            out.push(redis::cmd("KEYS").arg(pattern).query_async(&mut c).await.expect("KEYS on a master"));
+        }
+        out
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test's connection to its Redis. On one server, a plain connection. On a cluster, commands
+/// with keys go to their slot's master (through the crate's cluster client), and the commands
+/// that are about a whole server go to every master and their replies are combined, so that a
+/// test reads the cluster as it would read one server:
+/// - FLUSHALL, FLUSHDB, CONFIG ..., SCRIPT ...: run on every master, the first reply (all must
+///   succeed);
+/// - KEYS: every master's keys; DBSIZE: the sum;
+/// - INFO: one report whose counters are the sums over the masters (`total_commands_processed`,
+///   each `cmdstat_*` field), and whose other fields are the first master's.
+#[derive(Clone)]
+pub enum RedisConn {
+    Node(redis::aio::MultiplexedConnection),
+    Cluster { cluster: redis::cluster_async::ClusterConnection, masters: Vec<redis::aio::MultiplexedConnection> },
+}
+
+#[derive(Clone, Copy)]
+enum EveryMaster {
+    FirstReply,
+    Keys,
+    Sum,
+    Info,
+}
+
+fn every_master(cmd: &redis::Cmd) -> Option<EveryMaster> {
+    let name = match cmd.args_iter().next()? {
+        redis::Arg::Simple(b) => String::from_utf8_lossy(b).to_ascii_uppercase(),
+        _ => return None,
+    };
+    Some(match name.as_str() {
+        "FLUSHALL" | "FLUSHDB" | "CONFIG" | "SCRIPT" => EveryMaster::FirstReply,
+        "KEYS" => EveryMaster::Keys,
+        "DBSIZE" => EveryMaster::Sum,
+        "INFO" => EveryMaster::Info,
+        _ => return None,
+    })
+}
+
+/// INFO reports merged: a field whose value is a number, or a list of `name=number`, is summed
+/// over the reports; any other field keeps its first value. Lines keep the first report's order.
+fn merge_info(reports: &[String]) -> String {
+    fn sum_fields(a: &str, b: &str) -> Option<String> {
+        if let (Ok(x), Ok(y)) = (a.parse::<i64>(), b.parse::<i64>()) {
+            return Some((x + y).to_string());
+        }
+        let parse = |s: &str| -> Option<Vec<(String, String)>> {
+            s.split(',').map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))).collect()
+        };
+        let (xa, xb) = (parse(a)?, parse(b)?);
+        let merged = xa
+            .iter()
+            .map(|(k, v)| {
+                let other = xb.iter().find(|(kb, _)| kb == k).map(|(_, v)| v.as_str());
+                match (v.parse::<i64>(), other.map(str::parse::<i64>)) {
+                    (Ok(x), Some(Ok(y))) => format!("{k}={}", x + y),
+                    _ => format!("{k}={v}"),
+                }
+            })
+            .collect::<Vec<_>>();
+        Some(merged.join(","))
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut fields: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for report in reports {
+        for line in report.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                if !order.iter().any(|o| o == line) && !fields.contains_key(line) {
+                    order.push(line.to_owned());
+                }
+                continue;
+            };
+            match fields.get_mut(k) {
+                Some(old) => {
+                    if let Some(sum) = sum_fields(old, v) {
+                        *old = sum;
+                    }
+                }
+                None => {
+                    fields.insert(k.to_owned(), v.to_owned());
+                    order.push(k.to_owned());
+                }
+            }
+        }
+    }
+    order
+        .iter()
+        .map(|k| match fields.get(k) {
+            Some(v) => format!("{k}:{v}"),
+            None => k.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster { cluster, masters } => match every_master(cmd) {
+                None => cluster.req_packed_command(cmd),
+                Some(how) => Box::pin(async move {
+                    let mut replies = Vec::new();
+                    for m in masters.iter_mut() {
+                        replies.push(m.req_packed_command(cmd).await?);
+                    }
+                    Ok(match how {
+                        EveryMaster::FirstReply => replies.swap_remove(0),
+                        EveryMaster::Keys => redis::Value::Array(
+                            replies
+                                .into_iter()
+                                .flat_map(|r| match r {
+                                    redis::Value::Array(keys) => keys,
+                                    other => vec![other],
+                                })
+                                .collect(),
+                        ),
+                        EveryMaster::Sum => {
+                            let mut total = 0;
+                            for r in &replies {
+                                total += redis::from_redis_value_ref::<i64>(r).map_err(redis::RedisError::from)?;
+                            }
+                            redis::Value::Int(total)
+                        }
+                        EveryMaster::Info => {
+                            let mut reports = Vec::new();
+                            for r in &replies {
+                                reports
+                                    .push(redis::from_redis_value_ref::<String>(r).map_err(redis::RedisError::from)?);
+                            }
+                            redis::Value::BulkString(merge_info(&reports).into_bytes())
+                        }
+                    })
+                }),
+            },
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster { cluster, .. } => cluster.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
     }
 }
 
@@ -308,7 +633,11 @@ impl TestApp {
     }
 
     pub async fn start_with(backend: Backend, opts: Options) -> Self {
-        let redis = RedisServer::start().await;
+        Self::start_on(RedisServer::start().await, backend, opts).await
+    }
+
+    /// On this Redis (e.g. a cluster whatever the mode: `RedisServer::start_cluster`).
+    pub async fn start_on(redis: RedisServer, backend: Backend, opts: Options) -> Self {
         let db = Database::create(backend).await;
         let proxy = if opts.proxy {
             assert_ne!(backend, Backend::Sqlite, "SQLite is a file: there is no connection to cut");
@@ -402,7 +731,7 @@ impl TestApp {
         self.request(Method::POST, "/api/licenses/sessions/cleanup", Some(token), None).await
     }
 
-    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+    pub async fn redis_conn(&self) -> RedisConn {
         self.redis.conn().await
     }
 

@@ -2,7 +2,7 @@
 //! changes nothing, a rebuild never admits beyond the limit, a removed feature's sessions end,
 //! logout sticks, one device holds one seat, and Redis never holds a usable secret.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,21 +22,24 @@ fn tok(v: &Value) -> String {
     v["sessionToken"].as_str().unwrap().to_owned()
 }
 
-/// Creates, heartbeats and ends run from 16 clients for four seconds while admins run
-/// `cleanup-sessions` and full sweeps in a loop. Every session that got its 201 and was not
-/// ended by its own client is still live afterwards, in both stores.
+/// Creates, heartbeats and ends run from 16 clients for four seconds (and until the housekeeping
+/// has run at least three times beside them, 30 s at most) while admins run `cleanup-sessions` and
+/// full sweeps in a loop. Every session that got its 201 and was not ended by its own client is
+/// still live afterwards, in both stores.
 async fn housekeeping_never_ends_a_live_session(b: Backend) {
     let app = Arc::new(TestApp::start(b).await);
     let (license, key) = app.simple_license(json!({"maxSessions": 100000})).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let deadline = Instant::now() + Duration::from_secs(4);
+    let runs = Arc::new(AtomicU64::new(0));
+    let (deadline, cap) = (Instant::now() + Duration::from_secs(4), Instant::now() + Duration::from_secs(30));
     let mut clients = Vec::new();
     for c in 0..16 {
-        let (app, key) = (app.clone(), key.clone());
+        let (app, key, runs) = (app.clone(), key.clone(), runs.clone());
         clients.push(tokio::spawn(async move {
             let mut kept = Vec::new();
             let mut i = 0;
-            while Instant::now() < deadline && i < 400 {
+            let busy = || Instant::now() < deadline || (runs.load(Ordering::SeqCst) < 3 && Instant::now() < cap);
+            while busy() && i < 1000 {
                 i += 1;
                 let device = format!("d{}", i % 3);
                 let r = app.create(&key, json!({"userId": format!("u{c}"), "feature": "f", "deviceId": device})).await;
@@ -54,18 +57,15 @@ async fn housekeeping_never_ends_a_live_session(b: Backend) {
         }));
     }
     let housekeeper = {
-        let (app, license, stop) = (app.clone(), license.clone(), stop.clone());
+        let (app, license, stop, runs) = (app.clone(), license.clone(), stop.clone(), runs.clone());
         tokio::spawn(async move {
-            let mut runs = 0;
-            while !stop.load(Ordering::SeqCst) && runs < 2000 {
-                runs += 1;
-                let r = app
-                    .admin(Method::POST, "/api/licenses/cleanup-sessions", Some(json!({"licenseId": license})))
-                    .await;
+            while !stop.load(Ordering::SeqCst) && runs.load(Ordering::SeqCst) < 2000 {
+                let body = json!({"licenseId": license});
+                let r = app.admin(Method::POST, "/api/licenses/cleanup-sessions", Some(body)).await;
                 assert_eq!(r.status, 200, "{r:?}");
                 app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.expect("sweep");
+                runs.fetch_add(1, Ordering::SeqCst);
             }
-            runs
         })
     };
     let mut kept = Vec::new();
@@ -73,7 +73,8 @@ async fn housekeeping_never_ends_a_live_session(b: Backend) {
         kept.extend(c.await.unwrap());
     }
     stop.store(true, Ordering::SeqCst);
-    let runs = housekeeper.await.unwrap();
+    housekeeper.await.unwrap();
+    let runs = runs.load(Ordering::SeqCst);
     assert!(runs >= 3, "the housekeeping ran beside the clients ({runs} runs)");
     // Device takeover ended some on purpose: those answer 410 replaced. Every other one is alive.
     let mut alive = 0;

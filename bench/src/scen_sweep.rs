@@ -41,7 +41,7 @@ impl Cost {
         self.ledger.get("end_sessions").2 + self.ledger.get("write_heartbeats").2
     }
     fn rows_read(&self) -> u64 {
-        ["count_active", "slots", "active_sessions", "session", "license"].iter().map(|m| self.ledger.get(m).2).sum()
+        ["slots", "active_sessions", "session", "license"].iter().map(|m| self.ledger.get(m).2).sum()
     }
     fn rows(&self) -> u64 {
         self.rows_written() + self.rows_read()
@@ -51,7 +51,7 @@ impl Cost {
     }
     fn describe(&self) -> String {
         format!(
-            "{:.2} s, expired {}, {} Redis commands ({} script calls), ledger: {} calls, {} rows written, {} rows read ({} counted by count_active)",
+            "{:.2} s, expired {}, {} Redis commands ({} script calls), ledger: {} calls, {} rows written, {} rows read, {} slots reconciled",
             self.secs,
             self.report.expired,
             self.commands,
@@ -59,7 +59,7 @@ impl Cost {
             self.ledger_calls(),
             self.rows_written(),
             self.rows_read(),
-            self.ledger.get("count_active").2
+            self.report.reconciled
         )
     }
 }

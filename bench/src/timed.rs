@@ -13,7 +13,7 @@ use seatkeeper_core::ledger::{
 };
 use seatkeeper_core::Result;
 
-pub const METHODS: [&str; 14] = [
+pub const METHODS: [&str; 13] = [
     "ping",
     "put_license",
     "license",
@@ -22,7 +22,6 @@ pub const METHODS: [&str; 14] = [
     "end_sessions",
     "session",
     "active_sessions",
-    "count_active",
     "record_limit_rejections",
     "slots",
     "user_sessions",
@@ -40,14 +39,14 @@ pub struct MethodStats {
 
 #[derive(Default)]
 pub struct LedgerStats {
-    pub methods: [MethodStats; 14],
+    pub methods: [MethodStats; METHODS.len()],
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Snapshot {
-    pub calls: [u64; 14],
-    pub nanos: [u64; 14],
-    pub rows: [u64; 14],
+    pub calls: [u64; METHODS.len()],
+    pub nanos: [u64; METHODS.len()],
+    pub rows: [u64; METHODS.len()],
 }
 
 impl LedgerStats {
@@ -72,7 +71,7 @@ impl LedgerStats {
 impl Snapshot {
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         let mut d = Snapshot::default();
-        for i in 0..14 {
+        for i in 0..METHODS.len() {
             d.calls[i] = self.calls[i] - earlier.calls[i];
             d.nanos[i] = self.nanos[i] - earlier.nanos[i];
             d.rows[i] = self.rows[i] - earlier.rows[i];
@@ -221,18 +220,10 @@ impl Ledger for TimedLedger {
     }
 
     /// Rows: the index entries counted (the answer).
-    async fn count_active(&self, slot: &Slot) -> Result<u64> {
-        let t = Instant::now();
-        let r = self.inner.count_active(slot).await;
-        let rows = *r.as_ref().unwrap_or(&0);
-        self.stats.add(8, t, rows);
-        r
-    }
-
     async fn record_limit_rejections(&self, slot: &Slot, counts: &[(i64, u64)]) -> Result<()> {
         let t = Instant::now();
         let r = self.inner.record_limit_rejections(slot, counts).await;
-        self.stats.add(9, t, counts.len() as u64);
+        self.stats.add(8, t, counts.len() as u64);
         r
     }
 
@@ -240,7 +231,7 @@ impl Ledger for TimedLedger {
         let t = Instant::now();
         let r = self.inner.slots().await;
         let rows = r.as_ref().map_or(0, |v| v.len() as u64);
-        self.stats.add(10, t, rows);
+        self.stats.add(9, t, rows);
         r
     }
 
@@ -264,7 +255,7 @@ impl Ledger for TimedLedger {
         let t = Instant::now();
         let r = self.inner.user_sessions(user, feature, since_ms).await;
         let rows = r.as_ref().map_or(0, |v| v.len() as u64);
-        self.stats.add(11, t, rows);
+        self.stats.add(10, t, rows);
         r
     }
 
@@ -272,14 +263,14 @@ impl Ledger for TimedLedger {
         let t = Instant::now();
         let r = self.inner.write_heartbeats(beats).await;
         let rows = *r.as_ref().unwrap_or(&0);
-        self.stats.add(12, t, rows);
+        self.stats.add(11, t, rows);
         r
     }
 
     async fn stats(&self, license: &Ident, since_ms: i64, now_ms: i64) -> Result<BTreeMap<String, FeatureStats>> {
         let t = Instant::now();
         let r = self.inner.stats(license, since_ms, now_ms).await;
-        self.stats.add(13, t, 0);
+        self.stats.add(12, t, 0);
         r
     }
 }

@@ -133,8 +133,6 @@ pub trait Ledger: Send + Sync {
     async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>>;
     async fn session(&self, session_id: &str) -> Result<Option<SessionRow>>;
     async fn active_sessions(&self, slot: &Slot) -> Result<Vec<SessionRow>>;
-    /// How many sessions of a slot the ledger holds active (one row read).
-    async fn count_active(&self, slot: &Slot) -> Result<u64>;
     /// Records refused creates: (minute start ms, how many refused in that minute).
     async fn record_limit_rejections(&self, slot: &Slot, counts: &[(i64, u64)]) -> Result<()>;
     /// Every (license, feature) pair of every license, removed features included: the slots a
@@ -705,18 +703,6 @@ impl Ledger for SqlLedger {
             &[slot.license.as_str(), slot.feature.as_str()],
         )
         .await
-    }
-
-    async fn count_active(&self, slot: &Slot) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            self.sql("SELECT COUNT(*) FROM sessions WHERE license_id = ? AND feature = ? AND status = 'active'"),
-        )
-        .bind(slot.license.as_str())
-        .bind(slot.feature.as_str())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(n as u64)
     }
 
     async fn record_limit_rejections(&self, slot: &Slot, counts: &[(i64, u64)]) -> Result<()> {

@@ -46,6 +46,7 @@ struct Scripts {
     record: Script,
     revoke: Script,
     rejections: Script,
+    mark: Script,
 }
 
 /// How long a create may take in Redis before the caller gives up on it. The script is sent with
@@ -335,6 +336,10 @@ pub struct SlotSize {
     pub initialized: bool,
     pub revoked: bool,
     pub leases: u64,
+    /// When the sweep last reconciled the slot member by member (Redis time, ms).
+    pub reconciled_ms: Option<i64>,
+    /// Ledger writes known to have missed since then.
+    pub dirty: Option<i64>,
 }
 
 /// What the seat store remembers of one session.
@@ -409,6 +414,7 @@ impl SeatStore {
             record: script!("record.lua"),
             revoke: script!("revoke.lua"),
             rejections: script!("rejections.lua"),
+            mark: script!("mark.lua"),
         };
         Ok(SeatStore { conn, scripts: Arc::new(scripts), clock: Arc::default() })
     }
@@ -718,14 +724,17 @@ impl SeatStore {
     pub async fn slot_size(&self, slot: &Slot) -> Result<SlotSize> {
         let k = SlotKeys::new(slot);
         let mut conn = self.conn.clone();
-        let (initialized, revoked, leases): (bool, bool, u64) = redis::pipe()
-            .exists(k.cfg())
-            .hexists(k.cfg(), "revoked")
-            .zcard(k.leases())
-            .query_async(&mut conn)
-            .await
-            .map_err(Error::seat_store)?;
-        Ok(SlotSize { initialized, revoked, leases })
+        let (initialized, revoked, leases, reconciled_ms, dirty): (bool, bool, u64, Option<i64>, Option<i64>) =
+            redis::pipe()
+                .exists(k.cfg())
+                .hexists(k.cfg(), "revoked")
+                .zcard(k.leases())
+                .hget(k.cfg(), "rec")
+                .hget(k.cfg(), "dirty")
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::seat_store)?;
+        Ok(SlotSize { initialized, revoked, leases, reconciled_ms, dirty })
     }
 
     /// What the seat store remembers of a session right now.
@@ -740,6 +749,20 @@ impl SeatStore {
             "a" => Record::Leased,
             _ => Record::Over { reason: r.reason(0)?, ended_ms: r.opt_int(1)?, last_heartbeat_ms: r.opt_int(2)? },
         })
+    }
+
+    /// Marks a slot for reconciliation at the next sweep: a ledger write is known to have missed.
+    pub async fn mark_dirty(&self, slot: &Slot) -> Result<()> {
+        let mut inv = self.scripts.mark.prepare_invoke();
+        inv.key(SlotKeys::new(slot).cfg()).arg("dirty");
+        self.run_int(inv).await.map(drop)
+    }
+
+    /// Records a finished reconciliation; `dirty_seen`: the dirty count read when it began.
+    pub async fn mark_reconciled(&self, slot: &Slot, dirty_seen: Option<i64>) -> Result<()> {
+        let mut inv = self.scripts.mark.prepare_invoke();
+        inv.key(SlotKeys::new(slot).cfg()).arg("reconciled").arg(dirty_seen.map(|d| d.to_string()).unwrap_or_default());
+        self.run_int(inv).await.map(drop)
     }
 
     /// Refused creates per minute (minute start ms, count) that the ledger has not taken yet.

@@ -159,6 +159,7 @@ impl Service {
                 // 503 the client hears changed nothing. (One that runs late refuses by itself.)
                 if let Err(release) = self.seats.release(&slot, &session_id, idem, 0, &[]).await {
                     tracing::warn!(error = %release, session_id, "could not take back a seat after a failed create; its lease runs out on its own");
+                    self.mark_dirty(&slot).await;
                 }
                 return Err(e);
             }
@@ -232,6 +233,7 @@ impl Service {
                     let victims: Vec<String> = ends.into_iter().map(|e| e.session_id).collect();
                     if let Err(release) = self.seats.release(&slot, &session_id, idem, now_ms, &victims).await {
                         tracing::error!(error = %release, session_id, "could not undo a create after a failed ledger write; its lease runs out on its own");
+                        self.mark_dirty(&slot).await;
                     }
                     return Err(e);
                 }
@@ -356,12 +358,15 @@ impl Service {
         }
         match outcome {
             EndOutcome::Ended { at_ms, last_heartbeat_ms } => {
-                self.record_ends(vec![SessionEnd {
-                    session_id: sid.clone(),
-                    reason: EndReason::Ended,
-                    ended_at_ms: at_ms,
-                    last_heartbeat_at_ms: Some(last_heartbeat_ms),
-                }])
+                self.record_ends(
+                    slot,
+                    vec![SessionEnd {
+                        session_id: sid.clone(),
+                        reason: EndReason::Ended,
+                        ended_at_ms: at_ms,
+                        last_heartbeat_at_ms: Some(last_heartbeat_ms),
+                    }],
+                )
                 .await;
                 Ok(Cleanup { ended: true, reason: None })
             }
@@ -374,11 +379,20 @@ impl Service {
     }
 
     /// Records ends in the ledger after the seat store has freed the seats. The seats are free
-    /// whatever happens here; an end the ledger misses is copied there by the next sweep.
-    pub(crate) async fn record_ends(&self, ends: Vec<SessionEnd>) {
+    /// whatever happens here; an end the ledger misses is copied there by the next sweep, which
+    /// the slot's dirty mark sends looking.
+    pub(crate) async fn record_ends(&self, slot: &Slot, ends: Vec<SessionEnd>) {
         let n = ends.len();
         if let Err(e) = self.writer.end(ends).await {
             tracing::warn!(error = %e, sessions = n, "ledger missed session ends; the sweep will record them");
+            self.mark_dirty(slot).await;
+        }
+    }
+
+    /// Asks the next sweep to reconcile a slot: a ledger write is known to have missed.
+    pub(crate) async fn mark_dirty(&self, slot: &Slot) {
+        if let Err(e) = self.seats.mark_dirty(slot).await {
+            tracing::warn!(error = %e, license = %slot.license, feature = %slot.feature, "could not mark a slot for reconciliation; its hourly check will find the drift");
         }
     }
 

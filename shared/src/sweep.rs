@@ -3,9 +3,10 @@
 //! heartbeat times back to the ledger.
 //!
 //! Cost follows what is due: each slot's leases are indexed by expiry in Redis, so the expiry pass
-//! reads only due leases. Reconciliation compares a slot's lease count with its ledger count and
-//! reads the slot member by member only when they differ, or when asked for a full pass (the admin
-//! route and `seatkeeper sweep --full`). Every step is idempotent and ordered ledger-first, so two
+//! reads only due leases. Reconciliation reads a slot member by member only when asked for a full
+//! pass (the admin route and `seatkeeper sweep --full`), when the service marked the slot dirty (a
+//! ledger write it knows missed), or once an hour per slot for what nobody saw (a process killed
+//! between the two stores). Every step is idempotent and ordered ledger-first, so two
 //! sweeps at once, or one killed halfway, leave what the next run finishes.
 //!
 //! Housekeeping never ends a live session: creates, heartbeats and ends run beside it, so the two
@@ -28,6 +29,8 @@ use crate::service::Service;
 
 /// Due leases handled per round trip.
 const BATCH: usize = 500;
+/// How often the scheduled sweep reconciles each slot member by member.
+const RECONCILE_EVERY_MS: i64 = 3_600_000;
 /// Slots swept at once.
 const SLOTS_AT_ONCE: usize = 4;
 /// A seat younger than this may still be waiting for its ledger row (a create in flight waits at
@@ -60,6 +63,8 @@ pub struct SweepReport {
     /// sessions restored into a slot that lost its data.
     pub repaired: u64,
     pub heartbeats_written: u64,
+    /// Slots compared member by member (asked for, marked dirty, or due for their hourly check).
+    pub reconciled: u64,
     /// Slots that could not be swept this time (a store failed); the next run takes them up.
     pub failed_slots: u64,
     pub duration_ms: u64,
@@ -73,6 +78,7 @@ impl SweepReport {
         self.orphan_rows += other.orphan_rows;
         self.repaired += other.repaired;
         self.heartbeats_written += other.heartbeats_written;
+        self.reconciled += other.reconciled;
         self.failed_slots += other.failed_slots;
         self
     }
@@ -199,7 +205,11 @@ impl Service {
             report.repaired += self.revoke_slot(slot).await?;
             return Ok(());
         }
-        if !scope.full && self.ledger.count_active(slot).await? == size.leases {
+        // Member by member only when asked (cleanup-sessions, --full), when a ledger write is known
+        // to have missed, or once an hour per slot (what no one saw: a process that died between
+        // the two stores): the scheduled sweep's cost follows what is due, not what is live.
+        let stale = size.reconciled_ms.is_none_or(|t| crate::domain::now_ms() - t > RECONCILE_EVERY_MS);
+        if !scope.full && size.dirty.is_none() && !stale {
             return Ok(());
         }
         let snapshot = self.seats.snapshot(slot).await?;
@@ -278,6 +288,10 @@ impl Service {
             })
             .collect();
         report.heartbeats_written += self.ledger.write_heartbeats(&beats).await?;
+        if scope.user.is_none() {
+            self.seats.mark_reconciled(slot, size.dirty).await?;
+        }
+        report.reconciled += 1;
         Ok(())
     }
 

@@ -571,4 +571,26 @@ macro_rules! proxy_tests {
     };
 }
 
-proxy_tests!(an_unreachable_ledger_is_503_not_401, a_refusal_never_waits_on_the_ledger);
+/// A logout whose ledger write fails still frees the seat, and marks its slot: the next scheduled
+/// sweep reconciles that slot (and no other) and copies the end into the ledger.
+async fn a_missed_ledger_write_sends_the_sweep_looking(b: Backend) {
+    let app = TestApp::start_with(b, Options { proxy: true, ..Default::default() }).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 3})).await;
+    let (_other, other_key) = app.simple_license(json!({"maxSessions": 3})).await;
+    let s = app.create_ok(&key, "u1").await;
+    app.create_ok(&other_key, "u2").await;
+    app.proxy.as_ref().unwrap().cut();
+    assert_eq!(app.cleanup(&tok(&s)).await.body, json!({"ended": true}), "the seat is free whatever the ledger says");
+    app.proxy.as_ref().unwrap().restore();
+    assert_eq!(app.live_leases(&license, "f").await, 0);
+    assert_eq!(app.ledger_status(&sid(&s)).await.as_deref(), Some("active"));
+    let report = app.svc.sweep(&SweepScope::default()).await.unwrap();
+    assert_eq!((report.reconciled, report.repaired), (1, 1), "{report:?}");
+    assert_eq!(app.ledger_status(&sid(&s)).await.as_deref(), Some("ended"));
+}
+
+proxy_tests!(
+    an_unreachable_ledger_is_503_not_401,
+    a_refusal_never_waits_on_the_ledger,
+    a_missed_ledger_write_sends_the_sweep_looking
+);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use reqwest::Method;
+use seatkeeper_tests::seatkeeper_core::domain::{Ident, Slot};
 use seatkeeper_tests::seatkeeper_core::sweep::{SweepReport, SweepScope};
 use seatkeeper_tests::{ledger_tests, Backend, Options, Resp, TestApp, ADMIN_TOKEN};
 use serde_json::{json, Value};
@@ -259,7 +260,8 @@ async fn orphans_both_ways_are_removed(b: Backend) {
         "a second run finds nothing: {again:?}"
     );
 
-    // The scheduled sweep (counts first) finds orphans wherever the two counts differ.
+    // The scheduled sweep reads a slot member by member once it is due for its hourly check, or
+    // when the service marked it dirty (a ledger write it knows missed); other slots it leaves be.
     let (l2, k2) = app
         .license(
             json!({"f": {"maxSessions": 10, "leaseTtlSeconds": 300}, "g": {"maxSessions": 10, "leaseTtlSeconds": 300}}),
@@ -271,7 +273,21 @@ async fn orphans_both_ways_are_removed(b: Backend) {
     let y2 = sid(&create_on(&app, &k2, "uy2", "g", None).await);
     orphan_seat(&app, &pool, &l2, "f", &x).await; // f: 2 leases, 1 active row
     orphan_row(&app, &l2, "g", &y).await; // g: 1 lease, 2 active rows
+    let quiet = sweep(&app, false).await;
+    assert_eq!((quiet.orphan_seats, quiet.orphan_rows, quiet.reconciled), (0, 0, 0), "none due: {quiet:?}");
+    let mut c = app.redis_conn().await;
+    let two_hours_ago = seatkeeper_tests::seatkeeper_core::domain::now_ms() - 7_200_000;
+    let _: () = redis::cmd("HSET")
+        .arg(TestApp::seat_key(&l2, "f", "cfg"))
+        .arg("rec")
+        .arg(two_hours_ago)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let g = Slot { license: Ident::parse("l", &l2).unwrap(), feature: Ident::parse("f", "g").unwrap() };
+    app.svc.seats().mark_dirty(&g).await.unwrap();
     let report = sweep(&app, false).await;
+    assert_eq!(report.reconciled, 2, "{report:?}");
     assert_eq!((report.orphan_seats, report.orphan_rows), (1, 1), "{report:?}");
     assert_eq!((report.expired, report.repaired), (0, 0), "{report:?}");
     assert!(!has_lease(&app, &l2, "f", &x).await);
@@ -279,6 +295,8 @@ async fn orphans_both_ways_are_removed(b: Backend) {
     assert_eq!(app.ledger_status(&x2).await.as_deref(), Some("active"));
     assert_eq!(app.ledger_status(&y2).await.as_deref(), Some("active"));
     assert_eq!(app.all_leases(&l2, "f").await + app.all_leases(&l2, "g").await, 2);
+    let after = sweep(&app, false).await;
+    assert_eq!(after.reconciled, 0, "reconciled slots are clean and fresh again: {after:?}");
 }
 
 // ---- 4. the seat store loses its data ----

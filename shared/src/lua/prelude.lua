@@ -19,7 +19,9 @@
 --             lease expiry ms] of a session that is over, kept `retention` ms so late calls learn
 --             why and the sweep can copy an end the ledger missed.
 --   cfg       hash: the feature policy (limit, per_user, ttl, hb, res, on_limit) and its version
---             `ver` (only a newer version overwrites it); `revoked` once the feature was removed.
+--             `ver` (only a newer version overwrites it); `revoked` once the feature was removed;
+--             `rec` when the sweep last reconciled the slot member by member, `dirty` how many
+--             ledger writes are known to have missed since (see mark.lua).
 --             Its absence means this slot lost its data (or never had any): every script then asks
 --             for a rebuild from the ledger.
 --   rej       hash: minute (ms) -> refused creates in that minute, until the sweep moves them to

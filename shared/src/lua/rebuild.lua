@@ -23,5 +23,7 @@ for i = 10, #ARGV, 6 do
 end
 if ARGV[2] == '1' then
   apply_policy(cfg, {ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]})
+  -- Rebuilt from the ledger: as reconciled as a slot gets.
+  redis.call('HSET', cfg, 'rec', s(now_ms()))
 end
 return n

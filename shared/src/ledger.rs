@@ -313,60 +313,91 @@ impl SqlLedger {
         rows.iter().map(session_row).collect::<std::result::Result<_, _>>().map_err(db)
     }
 
-    /// Ends the given sessions inside an open transaction; returns the ids it changed.
+    /// Ends the given sessions inside an open transaction; returns the ids it changed. Set-based:
+    /// per chunk of 200, one SELECT finds (and locks) the rows still active, one UPDATE ends them
+    /// all, one INSERT writes their events.
     async fn end_in(&self, tx: &mut sqlx::AnyConnection, ends: &[SessionEnd]) -> Result<Vec<String>> {
+        const CHUNK: usize = 200;
         let mut changed = Vec::new();
-        // Rows locked in one order by every transaction: two of them never wait on each other.
+        // Rows locked in one order by every transaction: two of them rarely wait on each other.
         let mut ends: Vec<&SessionEnd> = ends.iter().collect();
         ends.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        for end in ends {
-            let q = "UPDATE sessions SET status = ?, ended_at = ?, \
-                     last_heartbeat_at = CASE WHEN ? > last_heartbeat_at THEN ? ELSE last_heartbeat_at END, \
-                     expires_at = ? \
-                     WHERE session_id = ? AND status = 'active'";
-            let hb = end.last_heartbeat_at_ms.unwrap_or(0);
-            let done = sqlx::query(self.sql(q))
-                .bind(end.reason.as_str())
-                .bind(end.ended_at_ms)
-                .bind(hb)
-                .bind(hb)
-                .bind(end.ended_at_ms)
-                .bind(&end.session_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            if done.rows_affected() == 1 {
-                changed.push(end.session_id.clone());
-            }
-        }
-        // One event per end this transaction made. The rows carry slot, user, reason (their new
-        // status) and time: read them with a plain SELECT (no locks taken: under MySQL's
-        // REPEATABLE READ an INSERT ... SELECT would lock every row it reads, and two sweeps at
-        // once would deadlock), then write the events in one multi-row INSERT.
-        for ids in changed.chunks(500) {
+        ends.dedup_by(|a, b| a.session_id == b.session_id);
+        let lock = if self.dialect == Dialect::Sqlite { "" } else { " FOR UPDATE" };
+        for chunk in ends.chunks(CHUNK) {
             let q = format!(
-                "SELECT license_id, feature, session_id, user_id, status, ended_at FROM sessions WHERE session_id IN ({})",
-                Self::placeholders(ids.len())
+                "SELECT session_id, license_id, feature, user_id FROM sessions \
+                 WHERE session_id IN ({}) AND status = 'active' ORDER BY session_id{lock}",
+                Self::placeholders(chunk.len())
             );
             let mut select = sqlx::query(self.sql(&q));
-            for id in ids {
-                select = select.bind(id);
+            for e in chunk {
+                select = select.bind(&e.session_id);
             }
             let rows = select.fetch_all(&mut *tx).await.map_err(db)?;
+            if rows.is_empty() {
+                continue;
+            }
+            let by_id: std::collections::HashMap<&str, &SessionEnd> =
+                chunk.iter().map(|e| (e.session_id.as_str(), *e)).collect();
+            let active: Vec<(String, String, String, String)> = rows
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0).map_err(db)?,
+                        r.try_get(1).map_err(db)?,
+                        r.try_get(2).map_err(db)?,
+                        r.try_get(3).map_err(db)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let whens = |then: &str| vec![format!("WHEN ? THEN {then}"); active.len()].join(" ");
+            // last_heartbeat_at first: MySQL evaluates SET left to right with the new values.
+            let q = format!(
+                "UPDATE sessions SET \
+                 last_heartbeat_at = CASE session_id {} END, status = CASE session_id {} END, \
+                 ended_at = CASE session_id {} END, expires_at = CASE session_id {} END \
+                 WHERE session_id IN ({})",
+                whens("(CASE WHEN ? > last_heartbeat_at THEN ? ELSE last_heartbeat_at END)"),
+                whens("?"),
+                whens("?"),
+                whens("?"),
+                Self::placeholders(active.len())
+            );
+            let mut update = sqlx::query(self.sql(&q));
+            for (id, ..) in &active {
+                let hb = by_id[id.as_str()].last_heartbeat_at_ms.unwrap_or(0);
+                update = update.bind(id).bind(hb).bind(hb);
+            }
+            for (id, ..) in &active {
+                update = update.bind(id).bind(by_id[id.as_str()].reason.as_str());
+            }
+            for _ in 0..2 {
+                for (id, ..) in &active {
+                    update = update.bind(id).bind(by_id[id.as_str()].ended_at_ms);
+                }
+            }
+            for (id, ..) in &active {
+                update = update.bind(id);
+            }
+            update.execute(&mut *tx).await.map_err(db)?;
             let q = format!(
                 "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) VALUES {}",
-                vec![format!("({})", Self::placeholders(6)); rows.len()].join(", ")
+                vec![format!("({})", Self::placeholders(6)); active.len()].join(", ")
             );
             let mut insert = sqlx::query(self.sql(&q));
-            for r in &rows {
-                for col in 0..5 {
-                    insert = insert.bind(r.try_get::<String, _>(col).map_err(db)?);
-                }
-                insert = insert.bind(r.try_get::<i64, _>(5).map_err(db)?);
+            for (id, license, feature, user) in &active {
+                let end = by_id[id.as_str()];
+                insert = insert
+                    .bind(license)
+                    .bind(feature)
+                    .bind(id)
+                    .bind(user)
+                    .bind(end.reason.as_str())
+                    .bind(end.ended_at_ms);
             }
-            if !rows.is_empty() {
-                insert.execute(&mut *tx).await.map_err(db)?;
-            }
+            insert.execute(&mut *tx).await.map_err(db)?;
+            changed.extend(active.into_iter().map(|(id, ..)| id));
         }
         Ok(changed)
     }

@@ -179,6 +179,25 @@ async fn one(a: &Args, redis: &RedisServer, backend: Backend, licenses: usize, r
         base.ok_per_sec(),
         share * 100.0
     ));
+    // Beside the PostgreSQL figure, the peer that keeps no history, on the same Redis and clients.
+    if backend == Backend::Postgres
+        && licenses == 1
+        && (!a.quick || std::env::var_os("SEATKEEPER_BENCH_PEER").is_some())
+    {
+        if let Some(peer) = peer_cycles(redis, clients, dur.as_secs_f64()).await? {
+            rows.push(
+                Row::new(
+                    2,
+                    format!("{id}.vs_peer"),
+                    format!("cycles/s, {label}, against redis-semaphore"),
+                    run.ok_per_sec(),
+                    "/s",
+                )
+                .baseline(peer, "redis-semaphore 5.8.0 acquire+refresh+release, no history, same Redis, same clients")
+                .target(">= 0.6x the peer", run.ok_per_sec() >= 0.6 * peer),
+            );
+        }
+    }
     stack.close().await;
     drop(db);
     Ok(())
@@ -187,4 +206,48 @@ async fn one(a: &Args, redis: &RedisServer, backend: Backend, licenses: usize, r
 /// The license a client uses for its `k`th cycle: spread over all of them.
 fn pick(client: usize, k: u64, n: usize) -> usize {
     ((client as u64).wrapping_mul(7919).wrapping_add(k.wrapping_mul(104_729)) % n as u64) as usize
+}
+
+/// The peer (npm `redis-semaphore` 5.8.0, `../shared/peers/redis-semaphore`): acquire, one refresh,
+/// release, no history at all, on the same Redis with the same number of clients. `None` when its
+/// folder or Node.js is not there. Copied to a temporary folder first: `npm ci` writes beside it.
+async fn peer_cycles(redis: &RedisServer, clients: usize, secs: f64) -> Result<Option<f64>> {
+    let dir = std::env::var_os("SEATKEEPER_PEER_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/redis-semaphore"));
+    if !dir.join("bench.js").exists() || which("node").is_none() || which("npm").is_none() {
+        progress(format!("cycle: no peer at {} (or no node/npm): its row is left out", dir.display()));
+        return Ok(None);
+    }
+    let work = std::env::temp_dir().join(format!("sk-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    for f in ["bench.js", "package.json", "package-lock.json"] {
+        std::fs::copy(dir.join(f), work.join(f))?;
+    }
+    let npm = tokio::process::Command::new("npm")
+        .args(["ci", "--silent", "--no-audit", "--no-fund"])
+        .current_dir(&work)
+        .status()
+        .await?;
+    anyhow::ensure!(npm.success(), "npm ci for the peer failed");
+    let out = tokio::process::Command::new("node")
+        .arg("bench.js")
+        .args(["--port", &redis.port.to_string(), "--keys", "1", "--limit", "1000000"])
+        .args(["--clients", &clients.to_string(), "--duration", &format!("{}", secs.ceil() as u64), "--warmup", "1"])
+        .current_dir(&work)
+        .output()
+        .await?;
+    let _ = std::fs::remove_dir_all(&work);
+    anyhow::ensure!(out.status.success(), "the peer bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT_JSON "))
+        .ok_or_else(|| anyhow::anyhow!("the peer printed no RESULT_JSON line"))?;
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    Ok(v["grantedPerS"].as_f64().or_else(|| v["grantedPerS"].as_str().and_then(|s| s.parse().ok())))
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(cmd)).find(|p| p.is_file())
 }

@@ -164,32 +164,97 @@ impl Service {
                 return Err(e);
             }
         };
-        let session = |replay, token: String, session_id: String, device, created_ms, expires_ms, active, limit, hb| {
-            let mut policy = policy.clone();
-            policy.max_sessions = limit;
-            policy.heartbeat_interval_seconds = hb;
-            Session {
-                replay,
-                token,
-                session_id,
-                license: license.id.clone(),
-                user: req.user.clone(),
-                feature: req.feature.clone(),
-                device,
-                created_ms,
-                expires_ms,
-                policy,
-                active,
-                replaced_session_id: None,
-            }
-        };
-        let row = |session_id: &str, token_hash: &str, device: Option<String>, created_ms, expires_ms| SessionRow {
-            session_id: session_id.to_owned(),
+        // A seat granted, new or replayed: what the client hears, and the ledger row behind it.
+        let (replay, session_id, token, created_ms, expires_ms, device, active, limit, hb, replaced, ends) =
+            match outcome {
+                CreateOutcome::Admitted {
+                    now_ms,
+                    expires_ms,
+                    active,
+                    replaced,
+                    evicted,
+                    limit,
+                    heartbeat_interval_seconds,
+                } => {
+                    let ends: Vec<SessionEnd> = replaced
+                        .iter()
+                        .map(|sid| (sid, EndReason::Replaced))
+                        .chain(evicted.iter().map(|sid| (sid, EndReason::Evicted)))
+                        .map(|(sid, reason)| SessionEnd {
+                            session_id: sid.clone(),
+                            reason,
+                            ended_at_ms: now_ms,
+                            last_heartbeat_at_ms: None,
+                        })
+                        .collect();
+                    let device = req.device.as_ref().map(|d| d.to_string());
+                    let replaced = replaced.into_iter().next();
+                    (
+                        false,
+                        session_id,
+                        minted,
+                        now_ms,
+                        expires_ms,
+                        device,
+                        active,
+                        limit,
+                        heartbeat_interval_seconds,
+                        replaced,
+                        ends,
+                    )
+                }
+                CreateOutcome::Replay {
+                    session_id: replayed,
+                    sealed_secret,
+                    created_ms,
+                    expires_ms,
+                    device,
+                    active,
+                    limit,
+                    heartbeat_interval_seconds,
+                } => {
+                    let secret = token::seal(&sealed_secret, license_key, &slot, idem.unwrap_or(""), &replayed);
+                    let token = token::session_token(&slot, &replayed, secret);
+                    (
+                        true,
+                        replayed,
+                        token,
+                        created_ms,
+                        expires_ms,
+                        device,
+                        active,
+                        limit,
+                        heartbeat_interval_seconds,
+                        None,
+                        Vec::new(),
+                    )
+                }
+                // The refusal was counted in the seat store, in the same step (the sweep moves the
+                // counts to the ledger): nothing to wait for here.
+                CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
+                    return Err(Error::SeatLimitReached {
+                        scope,
+                        limit,
+                        active,
+                        retry_after_seconds: crate::domain::seconds_until(0, retry_after_ms),
+                    })
+                }
+                CreateOutcome::IdempotencyConflict => {
+                    return Err(Error::invalid(
+                        "idempotencyKey",
+                        "idempotencyKey was already used by another user of this license and feature",
+                    ))
+                }
+                CreateOutcome::Revoked => return Err(not_found()),
+                CreateOutcome::Rebuild => return Err(Error::seat_store("the seat store could not be rebuilt")),
+            };
+        let row = SessionRow {
+            session_id: session_id.clone(),
             license_id: license.id.to_string(),
             feature: req.feature.to_string(),
             user_id: req.user.to_string(),
-            device_id: device,
-            token_hash: token_hash.to_owned(),
+            device_id: device.clone(),
+            token_hash: token.hash.clone(),
             idempotency_key: idem.map(str::to_owned),
             metadata: req.metadata.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()),
             status: ACTIVE.into(),
@@ -198,105 +263,44 @@ impl Service {
             expires_at_ms: expires_ms,
             ended_at_ms: None,
         };
-        let device = req.device.as_ref().map(|d| d.to_string());
-        match outcome {
-            CreateOutcome::Admitted {
-                now_ms,
-                expires_ms,
-                active,
-                replaced,
-                evicted,
-                limit,
-                heartbeat_interval_seconds,
-            } => {
-                let ends: Vec<SessionEnd> = replaced
-                    .iter()
-                    .map(|sid| (sid, EndReason::Replaced))
-                    .chain(evicted.iter().map(|sid| (sid, EndReason::Evicted)))
-                    .map(|(sid, reason)| SessionEnd {
-                        session_id: sid.clone(),
-                        reason,
-                        ended_at_ms: now_ms,
-                        last_heartbeat_at_ms: None,
-                    })
-                    .collect();
-                let row = row(&session_id, &minted.hash, device.clone(), now_ms, expires_ms);
-                let written = tokio::time::timeout(
-                    LEDGER_WRITE_TIMEOUT,
-                    self.writer.insert(NewSession { row, ends: ends.clone() }),
-                )
+        if replay {
+            // The create this repeats may not be in the ledger yet (still in flight, or its
+            // process died in between): answer only for a session the ledger holds.
+            if self.ledger.session(&session_id).await?.is_none() {
+                self.ledger.insert_session(&row, &[]).await?;
+            }
+        } else {
+            let victims: Vec<String> = ends.iter().map(|e| e.session_id.clone()).collect();
+            let written = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.writer.insert(NewSession { row, ends }))
                 .await
                 .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
-                if let Err(e) = written {
-                    // Nothing half-done: the seat goes back, and the sessions this create ended come
-                    // back as they were, before the client hears of the failure.
-                    let victims: Vec<String> = ends.into_iter().map(|e| e.session_id).collect();
-                    if let Err(release) = self.seats.release(&slot, &session_id, idem, now_ms, &victims).await {
-                        tracing::error!(error = %release, session_id, "could not undo a create after a failed ledger write; its lease runs out on its own");
-                        self.mark_dirty(&slot).await;
-                    }
-                    return Err(e);
+            if let Err(e) = written {
+                // Nothing half-done: the seat goes back, and the sessions this create ended come
+                // back as they were, before the client hears of the failure.
+                if let Err(release) = self.seats.release(&slot, &session_id, idem, created_ms, &victims).await {
+                    tracing::error!(error = %release, session_id, "could not undo a create after a failed ledger write; its lease runs out on its own");
+                    self.mark_dirty(&slot).await;
                 }
-                Ok(Session {
-                    replaced_session_id: replaced.into_iter().next(),
-                    ..session(
-                        false,
-                        minted.token,
-                        session_id,
-                        device,
-                        now_ms,
-                        expires_ms,
-                        active,
-                        limit,
-                        heartbeat_interval_seconds,
-                    )
-                })
+                return Err(e);
             }
-            CreateOutcome::Replay {
-                session_id,
-                sealed_secret,
-                created_ms,
-                expires_ms,
-                device,
-                active,
-                limit,
-                heartbeat_interval_seconds,
-            } => {
-                let secret = token::seal(&sealed_secret, license_key, &slot, idem.unwrap_or(""), &session_id);
-                let replayed = token::session_token(&slot, &session_id, secret);
-                // The create this repeats may not be in the ledger yet (still in flight, or its
-                // process died in between): answer only for a session the ledger holds.
-                if self.ledger.session(&session_id).await?.is_none() {
-                    let row = row(&session_id, &replayed.hash, device.clone(), created_ms, expires_ms);
-                    self.ledger.insert_session(&row, &[]).await?;
-                }
-                Ok(session(
-                    true,
-                    replayed.token,
-                    session_id,
-                    device,
-                    created_ms,
-                    expires_ms,
-                    active,
-                    limit,
-                    heartbeat_interval_seconds,
-                ))
-            }
-            // The refusal was counted in the seat store, in the same step (the sweep moves the
-            // counts to the ledger): nothing to wait for here.
-            CreateOutcome::Limit { scope, limit, active, retry_after_ms } => Err(Error::SeatLimitReached {
-                scope,
-                limit,
-                active,
-                retry_after_seconds: crate::domain::seconds_until(0, retry_after_ms),
-            }),
-            CreateOutcome::IdempotencyConflict => Err(Error::invalid(
-                "idempotencyKey",
-                "idempotencyKey was already used by another user of this license and feature",
-            )),
-            CreateOutcome::Revoked => Err(not_found()),
-            CreateOutcome::Rebuild => Err(Error::seat_store("the seat store could not be rebuilt")),
         }
+        let mut policy = policy;
+        policy.max_sessions = limit;
+        policy.heartbeat_interval_seconds = hb;
+        Ok(Session {
+            replay,
+            token: token.token,
+            session_id,
+            license: license.id,
+            user: req.user,
+            feature: req.feature,
+            device,
+            created_ms,
+            expires_ms,
+            policy,
+            active,
+            replaced_session_id: replaced,
+        })
     }
 
     /// The admission script, once more after rebuilding a slot that lost its data.

@@ -18,7 +18,7 @@ use crate::ledger::{Ledger, NewSession, SessionEnd};
 const MAX_BATCH: usize = 256;
 
 enum Job {
-    Insert(NewSession, oneshot::Sender<Result<()>>),
+    Insert(Box<NewSession>, oneshot::Sender<Result<()>>),
     End(Vec<SessionEnd>, oneshot::Sender<Result<()>>),
 }
 
@@ -45,7 +45,9 @@ impl Writer {
     /// Records a new session and the ends it caused; returns once they are committed.
     pub async fn insert(&self, session: NewSession) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.queue().send(Job::Insert(session, tx)).map_err(|_| Error::ledger("the ledger writer stopped"))?;
+        self.queue()
+            .send(Job::Insert(Box::new(session), tx))
+            .map_err(|_| Error::ledger("the ledger writer stopped"))?;
         rx.await.map_err(|_| Error::ledger("the ledger writer stopped"))?
     }
 
@@ -66,7 +68,7 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
         for job in buf.drain(..) {
             match job {
                 Job::Insert(s, tx) => {
-                    inserts.push(s);
+                    inserts.push(*s);
                     insert_waiters.push(tx);
                 }
                 Job::End(e, tx) => {

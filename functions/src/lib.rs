@@ -1,23 +1,86 @@
 //! Wiring shared by the Lambda functions: configuration, stores, tracing, the runtime loop.
 //! Each binary in `src/bin/` names its route and calls [`serve`]; all logic lives in the core.
+//!
+//! The runtime loop is lambda_runtime's `run_concurrent` (feature `concurrency-tokio`): on classic
+//! Lambda (`AWS_LAMBDA_MAX_CONCURRENCY` unset or 1) it polls one event at a time like `run`; where
+//! the environment allows several invocations per instance (Lambda Managed Instances, and
+//! `cargo lambda watch`) it polls that many at once. Plain `run` cannot, and says so in a warning
+//! at every start whenever the variable is set.
 
 use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
 
 use lambda_http::{service_fn, Error, Request};
+use lambda_runtime::{Diagnostic, LambdaEvent};
 use seatkeeper_core::http::{handle, Op};
+use seatkeeper_core::sweep::{SweepReport, SweepScope};
 use seatkeeper_core::{telemetry, Config, Service};
+use serde_json::Value;
 
 /// Connects to the stores named by the environment (once per cold start).
-pub async fn service() -> Result<Service, Error> {
+pub async fn service() -> Result<Arc<Service>, Error> {
     telemetry::init();
     let config = Config::from_env()?;
-    Ok(Service::connect(config).await?)
+    Ok(Arc::new(Service::connect(config).await?))
 }
 
 /// Serves one route of the core's route table under the Lambda runtime.
 pub async fn serve(op: Op) -> Result<(), Error> {
     let svc = service().await?;
-    let svc = &svc;
-    lambda_http::run(service_fn(move |req: Request| async move { Ok::<_, Infallible>(handle(svc, op, req).await) }))
-        .await
+    lambda_http::run_concurrent(service_fn(move |req: Request| {
+        let svc = Arc::clone(&svc);
+        async move { Ok::<_, Infallible>(handle(&svc, op, req).await) }
+    }))
+    .await
+}
+
+/// Runs the scheduled sweep under the Lambda runtime: one sweep per event, whatever the event.
+pub async fn serve_sweeper() -> Result<(), Error> {
+    let svc = service().await?;
+    lambda_runtime::run_concurrent(lambda_runtime::service_fn(move |_event: LambdaEvent<Value>| {
+        let svc = Arc::clone(&svc);
+        async move { sweep(&svc).await }
+    }))
+    .await
+}
+
+/// One sweep. Logs the report and its CloudWatch Embedded Metric Format line, then answers the
+/// report, or fails the invocation when any slot could not be swept: Lambda's `Errors` metric,
+/// alarms and the asynchronous retry then see a sweep that did not finish its work.
+pub async fn sweep(svc: &Service) -> Result<Value, Diagnostic> {
+    let report = svc.sweep(&SweepScope::default()).await.map_err(|e| Diagnostic {
+        error_type: "SweepFailed".into(),
+        error_message: format!("the sweep could not run: {e}"),
+    })?;
+    println!("{}", report.emf_line(seatkeeper_core::domain::now_ms()));
+    if report.failed_slots > 0 {
+        tracing::error!(?report, "sweep incomplete");
+        return Err(SweepIncomplete(report).into());
+    }
+    tracing::info!(?report, "sweep finished");
+    serde_json::to_value(&report)
+        .map_err(|e| Diagnostic { error_type: "SweepReport".into(), error_message: e.to_string() })
+}
+
+/// A sweep that ran but could not sweep every slot.
+#[derive(Debug)]
+pub struct SweepIncomplete(pub SweepReport);
+
+impl fmt::Display for SweepIncomplete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} slots could not be swept (a store is down or refused); see the sweep report in the log",
+            self.0.failed_slots, self.0.slots
+        )
+    }
+}
+
+impl std::error::Error for SweepIncomplete {}
+
+impl From<SweepIncomplete> for Diagnostic {
+    fn from(e: SweepIncomplete) -> Self {
+        Diagnostic { error_type: "SweepIncomplete".into(), error_message: e.to_string() }
+    }
 }

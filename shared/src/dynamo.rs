@@ -16,7 +16,8 @@
 //! `#` (see `Ident`), so the composite keys are unambiguous.
 //!
 //! - `license`, `put_license`, `delete_license`: one Query of the `L#` partition (consistent).
-//! - `license_by_key_hash`: GetItem of the `K#` item, then the license's partition.
+//! - `license_by_key_hash`: one consistent GetItem of the `K#` item, which holds a copy of the
+//!   license and its live features, written in the same transaction as the license.
 //! - `session`, `end_sessions`, `write_heartbeats`: by key.
 //! - `active_sessions`, `count_active`: gsi1 `A#<slot>` (then a consistent BatchGetItem of the rows).
 //! - `slots`: gsi1 `SLOTS`, the one partition that lists every (license, feature), removed ones too
@@ -77,7 +78,13 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoLedger {
     client: Client,
     table: String,
+    /// Requests in flight at once from this process (`SEATKEEPER_LEDGER_POOL_SIZE`), as the SQL
+    /// ledger's pool bounds its connections: a burst queues here instead of piling onto the table.
+    turns: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// How long a request waits for its turn before the ledger counts as unavailable.
+const TURN_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -215,22 +222,66 @@ fn session_item(row: &SessionRow) -> Item {
     item
 }
 
-fn feature_item(license: &str, feature: &str, p: &FeaturePolicy) -> Item {
-    let mut item = key(license_pk(license), &format!("F#{feature}"));
-    item.extend([
-        ("license_id".to_owned(), s(license)),
-        ("feature".to_owned(), s(feature)),
+/// A policy's attributes (a feature item's, and each entry of the key item's `features` map).
+fn policy_attrs(p: &FeaturePolicy) -> Item {
+    let mut item = Item::from([
         ("max_sessions".to_owned(), n(p.max_sessions.into())),
         ("on_limit".to_owned(), s(p.on_limit.as_str())),
         ("lease_ttl_seconds".to_owned(), n(p.lease_ttl_seconds.into())),
         ("heartbeat_interval_seconds".to_owned(), n(p.heartbeat_interval_seconds.into())),
         ("resurrect_window_seconds".to_owned(), n(p.resurrect_window_seconds.into())),
-        ("gsi1pk".to_owned(), s("SLOTS")),
-        ("gsi1sk".to_owned(), s(slot_name(license, feature))),
     ]);
     if let Some(per_user) = p.max_sessions_per_user {
         item.insert("max_sessions_per_user".to_owned(), n(per_user.into()));
     }
+    item
+}
+
+/// The key item: the key hash's uniqueness, and a copy of the license as written in the same
+/// transaction, so that a create finds its license in one consistent GetItem.
+fn key_item(key_hash: &str, license: &License) -> Item {
+    let mut item = key(format!("K#{key_hash}"), "KEY");
+    let features = license
+        .features
+        .iter()
+        .map(|(name, p)| (name.as_str().to_owned(), AttributeValue::M(policy_attrs(p))))
+        .collect::<HashMap<_, _>>();
+    item.extend([
+        ("license_id".to_owned(), s(license.id.as_str())),
+        ("created_at".to_owned(), n(license.created_at_ms)),
+        ("updated_at".to_owned(), n(license.updated_at_ms)),
+        ("version".to_owned(), n(license.version)),
+        ("features".to_owned(), AttributeValue::M(features)),
+    ]);
+    item
+}
+
+fn license_of_key_item(item: &Item) -> Result<License> {
+    let mut features = BTreeMap::new();
+    if let Some(AttributeValue::M(map)) = item.get("features") {
+        for (name, p) in map {
+            let AttributeValue::M(p) = p else { return Err(Error::ledger("malformed key item")) };
+            features.insert(Ident::parse("feature", name)?, policy_of(p)?);
+        }
+    }
+    Ok(License {
+        id: Ident::parse("licenseId", &need_s(item, "license_id")?)?,
+        features,
+        created_at_ms: need_n(item, "created_at")?,
+        updated_at_ms: need_n(item, "updated_at")?,
+        version: need_n(item, "version")?,
+    })
+}
+
+fn feature_item(license: &str, feature: &str, p: &FeaturePolicy) -> Item {
+    let mut item = key(license_pk(license), &format!("F#{feature}"));
+    item.extend(policy_attrs(p));
+    item.extend([
+        ("license_id".to_owned(), s(license)),
+        ("feature".to_owned(), s(feature)),
+        ("gsi1pk".to_owned(), s("SLOTS")),
+        ("gsi1sk".to_owned(), s(slot_name(license, feature))),
+    ]);
     item
 }
 
@@ -279,6 +330,11 @@ impl DynamoLedger {
     /// (never the instance metadata service); credentials are resolved by the SDK's default chain
     /// at the first request. Does not create the table: `Ledger::migrate` does.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, crate::config::DEFAULT_LEDGER_POOL_SIZE).await
+    }
+
+    /// `connect`, with at most `in_flight` requests at once.
+    pub async fn connect_with(url: &str, in_flight: u32) -> Result<Self> {
         let rest =
             url.strip_prefix("dynamodb://").ok_or_else(|| Error::ledger(format!("not a dynamodb:// URL: {url:?}")))?;
         let (table, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -314,8 +370,8 @@ impl DynamoLedger {
         };
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(Duration::from_secs(4))
-            .operation_timeout(Duration::from_secs(9))
+            .operation_attempt_timeout(Duration::from_secs(5))
+            .operation_timeout(Duration::from_secs(10))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
@@ -330,7 +386,11 @@ impl DynamoLedger {
                 "no AWS region for the DynamoDB ledger: add ?region= to the URL or set AWS_REGION",
             ));
         }
-        Ok(DynamoLedger { client: Client::new(&config), table: table.to_owned() })
+        Ok(DynamoLedger {
+            client: Client::new(&config),
+            table: table.to_owned(),
+            turns: std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight.max(1) as usize)),
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -341,11 +401,20 @@ impl DynamoLedger {
         &self.table
     }
 
+    /// A turn to send one request.
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        match tokio::time::timeout(TURN_TIMEOUT, self.turns.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Error::ledger("DynamoDB: no request slot free within 5 s")),
+        }
+    }
+
     /// Runs a transaction; a cancellation comes back with its reasons, not as an error.
     async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Transacted> {
         if items.is_empty() {
             return Ok(Transacted::Done);
         }
+        let _turn = self.turn().await?;
         match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => Ok(Transacted::Done),
             Err(e) => match e.as_service_error() {
@@ -377,6 +446,7 @@ impl DynamoLedger {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         for _ in 0..MAX_PAGES {
+            let _turn = self.turn().await?;
             let page = f(self.client.query().table_name(&self.table))
                 .set_exclusive_start_key(start.take())
                 .send()
@@ -423,6 +493,7 @@ impl DynamoLedger {
                 if attempt > 0 {
                     tokio::time::sleep(Duration::from_millis(20 * attempt.min(10) as u64)).await;
                 }
+                let _turn = self.turn().await?;
                 let got =
                     self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(sdk_err)?;
                 if let Some(items) = got.responses().and_then(|r| r.get(&self.table)) {
@@ -550,6 +621,7 @@ impl DynamoLedger {
             if count_only {
                 q = q.select(Select::Count);
             }
+            let _turn = self.turn().await?;
             let page = q.send().await.map_err(sdk_err)?;
             count += page.count().max(0) as u64;
             items.extend(page.items().iter().cloned());
@@ -563,6 +635,7 @@ impl DynamoLedger {
 
     /// Writes one heartbeat back if the row is active and older; tells whether it did.
     async fn heartbeat_one(&self, sid: &str, hb: i64, exp: i64) -> Result<bool> {
+        let _turn = self.turn().await?;
         let done = self
             .client
             .update_item()
@@ -625,6 +698,7 @@ async fn backoff(attempt: usize) {
 #[async_trait]
 impl Ledger for DynamoLedger {
     async fn ping(&self) -> Result<()> {
+        let _turn = self.turn().await?;
         self.client
             .get_item()
             .table_name(&self.table)
@@ -665,6 +739,17 @@ impl Ledger for DynamoLedger {
                 ("key_hash".to_owned(), s(&new_hash)),
                 ("updated_at".to_owned(), n(now_ms)),
             ]);
+            let (created_at, version) = match &current.license {
+                None => (now_ms, 0),
+                Some(old) => (need_n(old, "created_at")?, need_n(old, "version")? + 1),
+            };
+            let written = License {
+                id: id.clone(),
+                features: features.clone(),
+                created_at_ms: created_at,
+                updated_at_ms: now_ms,
+                version,
+            };
             let condition = match &current.license {
                 None => {
                     license.insert("created_at".to_owned(), n(now_ms));
@@ -686,20 +771,18 @@ impl Ledger for DynamoLedger {
                 }
             };
             items.push(condition);
-            // The key's uniqueness item: it must be free or already ours.
+            // The key item, with the license as written: its hash must be free or already ours.
             let key_index = items.len();
-            if old_hash.as_deref() != Some(new_hash.as_str()) {
-                let mut k = key(format!("K#{new_hash}"), "KEY");
-                k.insert("license_id".to_owned(), s(id.as_str()));
-                let put = Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(k))
-                    .condition_expression("attribute_not_exists(pk) OR license_id = :id")
-                    .expression_attribute_values(":id", s(id.as_str()))
-                    .build()
-                    .map_err(build_err)?;
-                items.push(TransactWriteItem::builder().put(put).build());
-                if let Some(old) = &old_hash {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(key_item(&new_hash, &written)))
+                .condition_expression("attribute_not_exists(pk) OR license_id = :id")
+                .expression_attribute_values(":id", s(id.as_str()))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+            if let Some(old) = old_hash.as_deref().filter(|old| *old != new_hash) {
+                {
                     let del = Delete::builder()
                         .table_name(&self.table)
                         .set_key(Some(key(format!("K#{old}"), "KEY")))
@@ -737,8 +820,7 @@ impl Ledger for DynamoLedger {
                 }
                 Transacted::Cancelled(reasons) => {
                     let failed = |i: usize| reasons.get(i).and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed");
-                    if key_index < reasons.len() && old_hash.as_deref() != Some(new_hash.as_str()) && failed(key_index)
-                    {
+                    if failed(key_index) {
                         return Err(Error::invalid("key", "key is already in use by another license"));
                     }
                     // Another write to this license came between: read again.
@@ -797,6 +879,7 @@ impl Ledger for DynamoLedger {
     }
 
     async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>> {
+        let _turn = self.turn().await?;
         let got = self
             .client
             .get_item()
@@ -806,15 +889,8 @@ impl Ledger for DynamoLedger {
             .send()
             .await
             .map_err(sdk_err)?;
-        let Some(license_id) = got.item().and_then(|i| get_s(i, "license_id")) else { return Ok(None) };
-        let license = self.partition(license_id).await?;
-        // The key item and the license change in one transaction; check anyway.
-        let ours = license.license.as_ref().and_then(|l| get_s(l, "key_hash")) == Some(key_hash);
-        if ours {
-            license.license()
-        } else {
-            Ok(None)
-        }
+        // The key item holds the license as its last write left it (they change in one transaction).
+        got.item().map(license_of_key_item).transpose()
     }
 
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()> {
@@ -865,6 +941,7 @@ impl Ledger for DynamoLedger {
     }
 
     async fn session(&self, session_id: &str) -> Result<Option<SessionRow>> {
+        let _turn = self.turn().await?;
         let got = self
             .client
             .get_item()
@@ -909,6 +986,7 @@ impl Ledger for DynamoLedger {
             at_ms,
             &unique,
         );
+        let _turn = self.turn().await?;
         self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(sdk_err).map(drop)
     }
 
@@ -954,6 +1032,7 @@ impl Ledger for DynamoLedger {
     }
 
     async fn forget_removed_feature(&self, slot: &Slot) -> Result<()> {
+        let _turn = self.turn().await?;
         let done = self
             .client
             .delete_item()

@@ -103,7 +103,7 @@ impl Service {
         let ledger: Arc<dyn Ledger> = if config.ledger_url.starts_with("dynamodb:") {
             #[cfg(feature = "dynamodb")]
             {
-                Arc::new(crate::dynamo::DynamoLedger::connect(&config.ledger_url).await?)
+                Arc::new(crate::dynamo::DynamoLedger::connect_with(&config.ledger_url, config.ledger_pool_size).await?)
             }
             #[cfg(not(feature = "dynamodb"))]
             return Err(Error::ledger("dynamodb:// ledgers need seatkeeper-core's `dynamodb` feature"));

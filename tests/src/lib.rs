@@ -5,6 +5,12 @@
 //! Backends: SQLite (a temp file), PostgreSQL (`SEATKEEPER_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and MySQL/MariaDB (`SEATKEEPER_TEST_MYSQL_URL`,
 //! default `mysql://root@127.0.0.1:3306/test`). A database is created per test and dropped after.
+//!
+//! DynamoDB runs on moto's server (`pip install 'moto[server]'`): the one at
+//! `SEATKEEPER_TEST_DYNAMODB_URL` (an endpoint such as `http://127.0.0.1:5055`, as
+//! `scripts/services.sh`'s `ensure_moto` starts it), or else one that the harness starts once per
+//! test binary on a free loopback port and that stops when the binary exits. Each test gets a
+//! table of its own, deleted after.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -28,23 +34,37 @@ pub enum Backend {
     Sqlite,
     Postgres,
     MySql,
+    Dynamo,
 }
 
 /// Generates one `#[tokio::test]` per ledger backend for each scenario `async fn name(Backend)`.
+/// Scenarios listed after `; sql_only:` reach into the database with SQL of their own (a trigger,
+/// a renamed table, a row changed by hand): they run on the three SQL backends and not on
+/// DynamoDB. Say why next to each such list.
 #[macro_export]
 macro_rules! ledger_tests {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)? $(; sql_only: $($sql:ident),* $(,)?)?) => {
         mod sqlite {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::Backend::Sqlite).await } )*
+            $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $sql() { super::$sql($crate::Backend::Sqlite).await } )*)?
         }
         mod postgres {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::Backend::Postgres).await } )*
+            $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $sql() { super::$sql($crate::Backend::Postgres).await } )*)?
         }
         mod mysql {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::Backend::MySql).await } )*
+            $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $sql() { super::$sql($crate::Backend::MySql).await } )*)?
+        }
+        mod dynamo {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Backend::Dynamo).await } )*
         }
     };
 }
@@ -105,6 +125,63 @@ impl Drop for RedisServer {
     }
 }
 
+// ---- moto, DynamoDB's emulator ----
+
+/// The endpoint of the moto server the DynamoDB tests share: `SEATKEEPER_TEST_DYNAMODB_URL`, or
+/// one started for this test binary. Also gives the process the dummy credentials moto takes and
+/// turns the SDK's instance-metadata lookups off (nothing may leave loopback).
+fn moto_endpoint() -> String {
+    static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| {
+            for (k, v) in [
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ] {
+                if std::env::var_os(k).is_none() {
+                    std::env::set_var(k, v);
+                }
+            }
+            if let Ok(url) = std::env::var("SEATKEEPER_TEST_DYNAMODB_URL") {
+                return url.trim_end_matches('/').to_owned();
+            }
+            start_moto()
+        })
+        .clone()
+}
+
+/// Starts `moto_server` on a free loopback port under a shell that kills it when this process's
+/// end of its stdin closes, i.e. when the test binary exits, however it exits.
+fn start_moto() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = format!(
+        "if command -v moto_server >/dev/null; then moto_server -H 127.0.0.1 -p {port} & \
+         else python3 -m moto.server -H 127.0.0.1 -p {port} & fi; \
+         pid=$!; read _; kill $pid"
+    );
+    let child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh starts moto_server");
+    // Kept for the life of the process: its stdin is the pipe that keeps moto up.
+    std::mem::forget(child);
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return format!("http://127.0.0.1:{port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "moto_server did not answer on 127.0.0.1:{port} within 15 s: install it with \
+         `pip install 'moto[server]'` or point SEATKEEPER_TEST_DYNAMODB_URL at a running one \
+         (scripts/services.sh: ensure_moto)"
+    );
+}
+
 // ---- databases ----
 
 /// A database of its own for one test.
@@ -115,7 +192,14 @@ pub struct Database {
     admin_url: Option<String>,
     name: String,
     dir: Option<PathBuf>,
+    /// DynamoDB tests take turns on the one moto server (see `MOTO_TURNS`).
+    _turn: Option<tokio::sync::SemaphorePermit<'static>>,
 }
+
+/// moto is one Python process serving every table: a test's burst (200 creates at once) would
+/// stretch the requests of another running beside it past its 1 s leases. DynamoDB tests of a
+/// test binary therefore run one at a time (SQL tests run beside them as before).
+static MOTO_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 fn with_database(base: &str, name: &str) -> String {
     let (head, _) = base.rsplit_once('/').expect("database URL with a path");
@@ -130,7 +214,7 @@ impl Database {
                 let dir = std::env::temp_dir().join(unique("sk-ledger-"));
                 std::fs::create_dir_all(&dir).expect("temp dir");
                 let url = format!("sqlite://{}", dir.join("ledger.db").display());
-                Database { backend, url, admin_url: None, name, dir: Some(dir) }
+                Database { backend, url, admin_url: None, name, dir: Some(dir), _turn: None }
             }
             Backend::Postgres | Backend::MySql => {
                 let (var, default) = match backend {
@@ -149,12 +233,33 @@ impl Database {
                     .await
                     .expect("create test database");
                 pool.close().await;
-                Database { backend, url: with_database(&admin_url, &name), admin_url: Some(admin_url), name, dir: None }
+                Database {
+                    backend,
+                    url: with_database(&admin_url, &name),
+                    admin_url: Some(admin_url),
+                    name,
+                    dir: None,
+                    _turn: None,
+                }
+            }
+            Backend::Dynamo => {
+                let turn = MOTO_TURNS.acquire().await.expect("the semaphore is never closed");
+                let endpoint = moto_endpoint();
+                let url = format!("dynamodb://{name}?endpoint={endpoint}&region=us-east-1");
+                Database { backend, url, admin_url: None, name, dir: None, _turn: Some(turn) }
             }
         }
     }
 
+    /// The test's own client of its DynamoDB ledger (never cut by a proxy).
+    pub async fn dynamo(&self) -> seatkeeper_core::dynamo::DynamoLedger {
+        assert_eq!(self.backend, Backend::Dynamo);
+        seatkeeper_core::dynamo::DynamoLedger::connect(&self.url).await.expect("DynamoDB ledger URL")
+    }
+
+    /// An SQL pool on the test's database (SQL backends only).
     pub async fn pool(&self) -> sqlx::AnyPool {
+        assert_ne!(self.backend, Backend::Dynamo, "no SQL on DynamoDB: list this scenario as sql_only");
         sqlx::any::install_default_drivers();
         sqlx::AnyPool::connect(&self.url).await.expect("test database pool")
     }
@@ -164,6 +269,18 @@ impl Drop for Database {
     fn drop(&mut self) {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if self.backend == Backend::Dynamo {
+            let url = self.url.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(l) = seatkeeper_core::dynamo::DynamoLedger::connect(&url).await {
+                        let _ = l.client().delete_table().table_name(l.table()).send().await;
+                    }
+                });
+            })
+            .join();
         }
         let Some(admin_url) = self.admin_url.clone() else { return };
         let sql = match self.backend {
@@ -238,8 +355,12 @@ impl Drop for Proxy {
     }
 }
 
-/// `host:port` of a database URL.
+/// `host:port` of a database URL (of its endpoint, for DynamoDB).
 fn host_port(url: &str) -> String {
+    if let Some((_, endpoint)) = url.split_once("endpoint=") {
+        let endpoint = endpoint.split('&').next().unwrap_or(endpoint);
+        return host_port(endpoint);
+    }
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or(rest);
     authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority).to_owned()
@@ -272,7 +393,7 @@ impl Resp {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Put a cuttable proxy between the service and the database (PostgreSQL and MySQL only).
+    /// Put a cuttable proxy between the service and the database (PostgreSQL, MySQL, DynamoDB).
     pub proxy: bool,
     pub admin_token: Option<String>,
     /// `SEATKEEPER_CORS_ORIGINS`, parsed.
@@ -512,6 +633,7 @@ impl TestApp {
     /// Makes the ledger refuse new session rows (a trigger that raises), or accept them again:
     /// a real database failing a create's write, after the license was read.
     pub async fn fail_session_inserts(&self, fail: bool) {
+        assert_ne!(self.db.backend, Backend::Dynamo, "SQL triggers only: list this scenario as sql_only");
         let pool = self.db.pool().await;
         let statements: &[&str] = match (self.db.backend, fail) {
             (Backend::Sqlite, true) => {
@@ -526,6 +648,7 @@ impl TestApp {
             (Backend::MySql, true) => &["CREATE TRIGGER sk_fail BEFORE INSERT ON sessions FOR EACH ROW \
                  SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected fault'"],
             (Backend::MySql, false) => &["DROP TRIGGER sk_fail"],
+            (Backend::Dynamo, _) => unreachable!(),
         };
         for q in statements {
             sqlx::raw_sql(sqlx::AssertSqlSafe(*q)).execute(&pool).await.expect("fault trigger");

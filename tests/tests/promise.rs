@@ -423,7 +423,6 @@ ledger_tests!(
     removing_a_feature_revokes_its_sessions,
     a_rebuild_never_admits_beyond_the_limit,
     restored_sessions_confirm_first_come_first_served,
-    a_failed_create_ends_nobody,
     a_503_takes_no_seat,
     logout_sticks,
     one_device_holds_one_seat,
@@ -431,6 +430,11 @@ ledger_tests!(
     a_replay_records_what_it_answers_for,
     an_older_policy_never_overwrites_a_newer_one,
     peak_counts_live_leases_only,
+    ; sql_only:
+    // Not on DynamoDB: the ledger is made to refuse session rows with an SQL trigger
+    // (`fail_session_inserts`); DynamoDB has no triggers, and moto enforces no policies that could
+    // refuse one kind of item while the license reads go on.
+    a_failed_create_ends_nobody,
 );
 
 mod postgres_proxy {

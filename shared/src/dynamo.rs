@@ -84,7 +84,7 @@ pub struct DynamoLedger {
 }
 
 /// How long a request waits for its turn before the ledger counts as unavailable.
-const TURN_TIMEOUT: Duration = Duration::from_secs(5);
+const TURN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -141,14 +141,8 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    match e.as_service_error() {
-        Some(service) => Error::ledger(format!(
-            "DynamoDB {}: {}",
-            service.code().unwrap_or("error"),
-            service.message().unwrap_or("")
-        )),
-        None => Error::ledger(format!("DynamoDB unreachable: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e))),
-    }
+    let what = if e.as_service_error().is_some() { "error" } else { "unreachable" };
+    Error::ledger(format!("DynamoDB {what}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
 }
 
 fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
@@ -405,7 +399,7 @@ impl DynamoLedger {
     async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
         match tokio::time::timeout(TURN_TIMEOUT, self.turns.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
-            _ => Err(Error::ledger("DynamoDB: no request slot free within 5 s")),
+            _ => Err(Error::ledger("DynamoDB: no request slot free within 10 s")),
         }
     }
 

@@ -151,22 +151,27 @@ fn moto_endpoint() -> String {
         .clone()
 }
 
-/// Starts `moto_server` on a free loopback port under a shell that kills it when this process's
-/// end of its stdin closes, i.e. when the test binary exits, however it exits.
+/// moto's server run with one thread: its threaded server (`moto_server`) deep-copies a table
+/// for each item of a `TransactWriteItems` while other threads write that table, and fails
+/// now and then with a 500 ("dictionary changed size during iteration") under concurrent writes.
+/// DynamoDB serializes conflicting writes itself; one thread gives moto the same footing.
+pub const MOTO_SINGLE_THREADED: &str = "import sys; from werkzeug.serving import run_simple; \
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app; \
+    run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)";
+
+/// Starts moto (see `MOTO_SINGLE_THREADED`) on a free loopback port under a shell that kills it
+/// when this process's end of its stdin closes (the test binary exited, however it exited) or
+/// when the shell itself is signalled.
 fn start_moto() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let script = format!(
-        "if command -v moto_server >/dev/null; then moto_server -H 127.0.0.1 -p {port} & \
-         else python3 -m moto.server -H 127.0.0.1 -p {port} & fi; \
-         pid=$!; read _; kill $pid"
-    );
+    let script = format!("python3 -c \"$0\" {port} & pid=$!; trap 'kill $pid 2>/dev/null' EXIT INT TERM HUP; read _");
     let child = std::process::Command::new("sh")
-        .args(["-c", &script])
+        .args(["-c", &script, MOTO_SINGLE_THREADED])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("sh starts moto_server");
+        .expect("sh starts moto");
     // Kept for the life of the process: its stdin is the pipe that keeps moto up.
     std::mem::forget(child);
     for _ in 0..300 {

@@ -143,7 +143,7 @@ fn moto_endpoint() -> String {
                     std::env::set_var(k, v);
                 }
             }
-            if let Ok(url) = std::env::var("SEATKEEPER_TEST_DYNAMODB_URL") {
+            if let Some(url) = std::env::var("SEATKEEPER_TEST_DYNAMODB_URL").ok().filter(|u| !u.is_empty()) {
                 return url.trim_end_matches('/').to_owned();
             }
             start_moto()
@@ -461,7 +461,11 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(seatkeeper_local::serve(svc.clone(), listener, std::future::pending()));
-        TestApp { server, base, http: reqwest::Client::new(), svc, proxy, redis, db }
+        // The runner closes a connection idle for 10 s (its header timeout); a client that kept
+        // one longer could send on it as it closes. Slow rounds (200 creates on moto) leave
+        // connections idle that long.
+        let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5)).build().expect("HTTP client");
+        TestApp { server, base, http, svc, proxy, redis, db }
     }
 
     pub async fn request(&self, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> Resp {

@@ -7,11 +7,12 @@
 //! |---------------------|--------------------|-----------------------------|------------------------|--------------------------------------|---------------------------------|---------------------------------|
 //! | license             | `L#<license>`      | `LICENSE`                   |                        |                                      |                                 |                                 |
 //! | feature (policy)    | `L#<license>`      | `F#<feature>`               | `SLOTS` / `<l>/<f>`    |                                      |                                 |                                 |
-//! | key-hash uniqueness | `K#<key hash>`     | `KEY`                       |                        |                                      |                                 |                                 |
+//! | key item ²          | `K#<key hash>`     | `KEY`                       |                        |                                      |                                 |                                 |
 //! | session             | `S#<session id>`   | `SESSION`                   | `A#<l>/<f>` / `<sid>` ¹ | `U#<user>/<feature>` / `<created>#<sid>` | `LS#<license>` / `<created>#<sid>` | `ACTIVE#<sid[0]>` / `<l>/<f>` ¹ |
 //! | event               | `E#<license>`      | `<at>#<kind>#<sid or uuid>` |                        |                                      |                                 |                                 |
 //!
 //! ¹ only while the session is active: an end removes these attributes (sparse indexes).
+//! ² the key hash's uniqueness (no two licenses share a key), and a copy of the license as written.
 //! Times in sort keys are milliseconds, zero-padded to 20 digits. Identifiers never contain `/` or
 //! `#` (see `Ident`), so the composite keys are unambiguous.
 //!
@@ -33,6 +34,9 @@
 //! History is removed by DynamoDB's TTL on `purge_at` (epoch seconds): ended sessions and events
 //! are kept `RETENTION_DAYS` (400 days: longer than the longest stats window, 366 days). Active
 //! sessions, licenses and features carry no TTL.
+//!
+//! Requests in flight from one process are bounded (`SEATKEEPER_LEDGER_POOL_SIZE`, as the SQL
+//! ledger bounds its connections); a request waits at most 10 s for its turn.
 //!
 //! Reads through a GSI are eventually consistent in DynamoDB (typically well under a second):
 //! a slot just created may be missed by a sweep that starts at that instant and is seen by the

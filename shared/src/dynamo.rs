@@ -68,7 +68,7 @@ const PURGE_AT: &str = "purge_at";
 /// Items of one `TransactWriteItems` (DynamoDB's limit is 100).
 const MAX_TRANSACT_ITEMS: usize = 100;
 /// Ends per transaction in `end_sessions`: two items each (the row and its event).
-const ENDS_PER_TRANSACTION: usize = 25;
+const ENDS_PER_TRANSACTION: usize = 10;
 /// Attempts of a transaction whose conditions or conflicts changed under it.
 const MAX_ATTEMPTS: usize = 8;
 /// Pages one query may read before it is treated as a fault (1 MB each).

@@ -67,3 +67,27 @@ ensure_mariadb() {
     GRANT ALL PRIVILEGES ON *.* TO 'seatkeeper'@'localhost';
     CREATE DATABASE IF NOT EXISTS test;"
 }
+
+# moto, the DynamoDB emulator the DynamoDB ledger's tests run on: installed from PyPI when
+# missing, one server on 127.0.0.1:5055, exported as SEATKEEPER_TEST_DYNAMODB_URL. (Without that
+# variable the test harness starts a moto server of its own per test binary.)
+ensure_moto() {
+  if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
+    command -v python3 >/dev/null || _sk_apt_install python3 python3-pip
+    echo "services: installing moto[server]"
+    python3 -m pip install -q 'moto[server]' 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages 'moto[server]'
+  fi
+  if ! _sk_port_open 5055; then
+    echo "services: starting moto on 127.0.0.1:5055"
+    mkdir -p /tmp/seatkeeper-moto
+    # One thread (as the test harness runs it, see MOTO_SINGLE_THREADED in tests/src/lib.rs):
+    # moto's threaded server fails TransactWriteItems now and then under concurrent writes.
+    nohup python3 -c "import sys; from werkzeug.serving import run_simple; \
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app; \
+run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)" \
+      5055 >/tmp/seatkeeper-moto/moto.log 2>&1 &
+    _sk_wait_port 5055
+  fi
+  export SEATKEEPER_TEST_DYNAMODB_URL="${SEATKEEPER_TEST_DYNAMODB_URL:-http://127.0.0.1:5055}"
+}

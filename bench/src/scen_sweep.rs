@@ -263,10 +263,10 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
         Row::new(4, "sweep.due1.ledger_rows", "sweep 1% due: ledger rows touched", cost_b.rows() as f64, "")
             .baseline(cost_a.rows() as f64, &a_name)
             .note(format!(
-                "written {} (session updates + events), read {} of which {} index entries counted by count_active; {} ledger calls",
+                "written {} (session updates + events), read {}; {} slots reconciled member by member; {} ledger calls",
                 cost_b.rows_written(),
                 cost_b.rows_read(),
-                cost_b.ledger.get("count_active").2,
+                cost_b.report.reconciled,
                 cost_b.ledger_calls()
             )),
     );

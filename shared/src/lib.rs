@@ -2,7 +2,8 @@
 //!
 //! - [`domain`]: identifiers, policies, reasons (pure logic).
 //! - [`seats`]: the seat store on Redis, the authority on seats (one Lua script per operation).
-//! - [`ledger`]: the durable record on SQL (SQLite, PostgreSQL, MySQL/MariaDB), behind a trait.
+//! - [`ledger`]: the durable record on SQL (SQLite, PostgreSQL, MySQL/MariaDB), behind a trait;
+//!   `dynamo` (feature `dynamodb`, on by default): the same trait on DynamoDB.
 //! - [`service`], [`admin`], [`sweep`]: the operations, in domain terms.
 //! - [`http`]: the route table and the contract's request and response shapes.
 
@@ -10,6 +11,8 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod domain;
+#[cfg(feature = "dynamodb")]
+pub mod dynamo;
 pub mod error;
 pub mod http;
 pub mod ledger;

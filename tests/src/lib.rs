@@ -8,6 +8,12 @@
 //! Backends: SQLite (a temp file), PostgreSQL (`SEATKEEPER_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and MySQL/MariaDB (`SEATKEEPER_TEST_MYSQL_URL`,
 //! default `mysql://root@127.0.0.1:3306/test`). A database is created per test and dropped after.
+//!
+//! DynamoDB runs on moto's server (`pip install 'moto[server]'`): the one at
+//! `SEATKEEPER_TEST_DYNAMODB_URL` (an endpoint such as `http://127.0.0.1:5055`, as
+//! `scripts/services.sh`'s `ensure_moto` starts it), or else one that the harness starts once per
+//! test binary on a free loopback port and that stops when the binary exits. Each test gets a
+//! table of its own, deleted after.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -31,23 +37,37 @@ pub enum Backend {
     Sqlite,
     Postgres,
     MySql,
+    Dynamo,
 }
 
 /// Generates one `#[tokio::test]` per ledger backend for each scenario `async fn name(Backend)`.
+/// Scenarios listed after `; sql_only:` reach into the database with SQL of their own (a trigger,
+/// a renamed table, a row changed by hand): they run on the three SQL backends and not on
+/// DynamoDB. Say why next to each such list.
 #[macro_export]
 macro_rules! ledger_tests {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)? $(; sql_only: $($sql:ident),* $(,)?)?) => {
         mod sqlite {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::Backend::Sqlite).await } )*
+            $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $sql() { super::$sql($crate::Backend::Sqlite).await } )*)?
         }
         mod postgres {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::Backend::Postgres).await } )*
+            $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $sql() { super::$sql($crate::Backend::Postgres).await } )*)?
         }
         mod mysql {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::Backend::MySql).await } )*
+            $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $sql() { super::$sql($crate::Backend::MySql).await } )*)?
+        }
+        mod dynamo {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Backend::Dynamo).await } )*
         }
     };
 }
@@ -430,6 +450,68 @@ impl redis::aio::ConnectionLike for RedisConn {
     }
 }
 
+// ---- moto, DynamoDB's emulator ----
+
+/// The endpoint of the moto server the DynamoDB tests share: `SEATKEEPER_TEST_DYNAMODB_URL`, or
+/// one started for this test binary. Also gives the process the dummy credentials moto takes and
+/// turns the SDK's instance-metadata lookups off (nothing may leave loopback).
+fn moto_endpoint() -> String {
+    static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| {
+            for (k, v) in [
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ] {
+                if std::env::var_os(k).is_none() {
+                    std::env::set_var(k, v);
+                }
+            }
+            if let Some(url) = std::env::var("SEATKEEPER_TEST_DYNAMODB_URL").ok().filter(|u| !u.is_empty()) {
+                return url.trim_end_matches('/').to_owned();
+            }
+            start_moto()
+        })
+        .clone()
+}
+
+/// moto's server run with one thread: its threaded server (`moto_server`) deep-copies a table
+/// for each item of a `TransactWriteItems` while other threads write that table, and fails
+/// now and then with a 500 ("dictionary changed size during iteration") under concurrent writes.
+/// DynamoDB serializes conflicting writes itself; one thread gives moto the same footing.
+pub const MOTO_SINGLE_THREADED: &str = "import sys; from werkzeug.serving import run_simple; \
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app; \
+    run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)";
+
+/// Starts moto (see `MOTO_SINGLE_THREADED`) on a free loopback port under a shell that kills it
+/// when this process's end of its stdin closes (the test binary exited, however it exited) or
+/// when the shell itself is signalled.
+fn start_moto() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = format!("python3 -c \"$0\" {port} & pid=$!; trap 'kill $pid 2>/dev/null' EXIT INT TERM HUP; read _");
+    let child = std::process::Command::new("sh")
+        .args(["-c", &script, MOTO_SINGLE_THREADED])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh starts moto");
+    // Kept for the life of the process: its stdin is the pipe that keeps moto up.
+    std::mem::forget(child);
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return format!("http://127.0.0.1:{port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "moto_server did not answer on 127.0.0.1:{port} within 15 s: install it with \
+         `pip install 'moto[server]'` or point SEATKEEPER_TEST_DYNAMODB_URL at a running one \
+         (scripts/services.sh: ensure_moto)"
+    );
+}
+
 // ---- databases ----
 
 /// A database of its own for one test.
@@ -440,7 +522,14 @@ pub struct Database {
     admin_url: Option<String>,
     name: String,
     dir: Option<PathBuf>,
+    /// DynamoDB tests take turns on the one moto server (see `MOTO_TURNS`).
+    _turn: Option<tokio::sync::SemaphorePermit<'static>>,
 }
+
+/// moto is one Python process serving every table: a test's burst (200 creates at once) would
+/// stretch the requests of another running beside it past its 1 s leases. DynamoDB tests of a
+/// test binary therefore run one at a time (SQL tests run beside them as before).
+static MOTO_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 fn with_database(base: &str, name: &str) -> String {
     let (head, _) = base.rsplit_once('/').expect("database URL with a path");
@@ -455,7 +544,7 @@ impl Database {
                 let dir = std::env::temp_dir().join(unique("sk-ledger-"));
                 std::fs::create_dir_all(&dir).expect("temp dir");
                 let url = format!("sqlite://{}", dir.join("ledger.db").display());
-                Database { backend, url, admin_url: None, name, dir: Some(dir) }
+                Database { backend, url, admin_url: None, name, dir: Some(dir), _turn: None }
             }
             Backend::Postgres | Backend::MySql => {
                 let (var, default) = match backend {
@@ -474,12 +563,33 @@ impl Database {
                     .await
                     .expect("create test database");
                 pool.close().await;
-                Database { backend, url: with_database(&admin_url, &name), admin_url: Some(admin_url), name, dir: None }
+                Database {
+                    backend,
+                    url: with_database(&admin_url, &name),
+                    admin_url: Some(admin_url),
+                    name,
+                    dir: None,
+                    _turn: None,
+                }
+            }
+            Backend::Dynamo => {
+                let turn = MOTO_TURNS.acquire().await.expect("the semaphore is never closed");
+                let endpoint = moto_endpoint();
+                let url = format!("dynamodb://{name}?endpoint={endpoint}&region=us-east-1");
+                Database { backend, url, admin_url: None, name, dir: None, _turn: Some(turn) }
             }
         }
     }
 
+    /// The test's own client of its DynamoDB ledger (never cut by a proxy).
+    pub async fn dynamo(&self) -> seatkeeper_core::dynamo::DynamoLedger {
+        assert_eq!(self.backend, Backend::Dynamo);
+        seatkeeper_core::dynamo::DynamoLedger::connect(&self.url).await.expect("DynamoDB ledger URL")
+    }
+
+    /// An SQL pool on the test's database (SQL backends only).
     pub async fn pool(&self) -> sqlx::AnyPool {
+        assert_ne!(self.backend, Backend::Dynamo, "no SQL on DynamoDB: list this scenario as sql_only");
         sqlx::any::install_default_drivers();
         sqlx::AnyPool::connect(&self.url).await.expect("test database pool")
     }
@@ -489,6 +599,18 @@ impl Drop for Database {
     fn drop(&mut self) {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if self.backend == Backend::Dynamo {
+            let url = self.url.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(l) = seatkeeper_core::dynamo::DynamoLedger::connect(&url).await {
+                        let _ = l.client().delete_table().table_name(l.table()).send().await;
+                    }
+                });
+            })
+            .join();
         }
         let Some(admin_url) = self.admin_url.clone() else { return };
         let sql = match self.backend {
@@ -563,8 +685,12 @@ impl Drop for Proxy {
     }
 }
 
-/// `host:port` of a database URL.
+/// `host:port` of a database URL (of its endpoint, for DynamoDB).
 fn host_port(url: &str) -> String {
+    if let Some((_, endpoint)) = url.split_once("endpoint=") {
+        let endpoint = endpoint.split('&').next().unwrap_or(endpoint);
+        return host_port(endpoint);
+    }
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or(rest);
     authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority).to_owned()
@@ -597,7 +723,7 @@ impl Resp {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Put a cuttable proxy between the service and the database (PostgreSQL and MySQL only).
+    /// Put a cuttable proxy between the service and the database (PostgreSQL, MySQL, DynamoDB).
     pub proxy: bool,
     pub admin_token: Option<String>,
     /// `SEATKEEPER_CORS_ORIGINS`, parsed.
@@ -664,7 +790,11 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(seatkeeper_local::serve(svc.clone(), listener, std::future::pending()));
-        TestApp { server, base, http: reqwest::Client::new(), svc, proxy, redis, db }
+        // The runner closes a connection idle for 10 s (its header timeout); a client that kept
+        // one longer could send on it as it closes. Slow rounds (200 creates on moto) leave
+        // connections idle that long.
+        let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5)).build().expect("HTTP client");
+        TestApp { server, base, http, svc, proxy, redis, db }
     }
 
     pub async fn request(&self, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> Resp {
@@ -841,6 +971,7 @@ impl TestApp {
     /// Makes the ledger refuse new session rows (a trigger that raises), or accept them again:
     /// a real database failing a create's write, after the license was read.
     pub async fn fail_session_inserts(&self, fail: bool) {
+        assert_ne!(self.db.backend, Backend::Dynamo, "SQL triggers only: list this scenario as sql_only");
         let pool = self.db.pool().await;
         let statements: &[&str] = match (self.db.backend, fail) {
             (Backend::Sqlite, true) => {
@@ -855,6 +986,7 @@ impl TestApp {
             (Backend::MySql, true) => &["CREATE TRIGGER sk_fail BEFORE INSERT ON sessions FOR EACH ROW \
                  SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected fault'"],
             (Backend::MySql, false) => &["DROP TRIGGER sk_fail"],
+            (Backend::Dynamo, _) => unreachable!(),
         };
         for q in statements {
             sqlx::raw_sql(sqlx::AssertSqlSafe(*q)).execute(&pool).await.expect("fault trigger");
@@ -934,6 +1066,7 @@ impl TestApp {
             Backend::Sqlite => &["BEGIN IMMEDIATE"],
             Backend::Postgres => &["BEGIN", "LOCK TABLE sessions IN EXCLUSIVE MODE"],
             Backend::MySql => &["LOCK TABLES sessions WRITE"],
+            Backend::Dynamo => panic!("SQL tables only: list this scenario as sql_only"),
         };
         for q in statements {
             sqlx::raw_sql(sqlx::AssertSqlSafe(*q)).execute(&mut conn).await.expect("lock sessions");

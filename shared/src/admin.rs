@@ -52,6 +52,8 @@ pub struct FeatureStatsView {
     pub limit: u32,
     pub active: u64,
     pub peak_active: u64,
+    /// Mean length of the sessions that started and ended within the window.
+    pub average_session_seconds: f64,
     pub stats: FeatureStats,
 }
 
@@ -263,10 +265,21 @@ impl Service {
                 .collect();
             // The window's peak is at least what is live now.
             let peak_active = peak_overlap(&spans, since).max(active);
-            out.insert(
-                feature.to_string(),
-                FeatureStatsView { limit: policy.max_sessions, active, peak_active, stats: s },
-            );
+            let finished: Vec<i64> = s
+                .spans
+                .iter()
+                .filter_map(|sp| {
+                    sp.end_ms.filter(|e| sp.created_ms >= since && *e >= sp.created_ms).map(|e| e - sp.created_ms)
+                })
+                .collect();
+            let average_session_seconds = if finished.is_empty() {
+                0.0
+            } else {
+                finished.iter().sum::<i64>() as f64 / finished.len() as f64 / 1000.0
+            };
+            let view =
+                FeatureStatsView { limit: policy.max_sessions, active, peak_active, average_session_seconds, stats: s };
+            out.insert(feature.to_string(), view);
         }
         Ok(out)
     }
@@ -367,7 +380,7 @@ pub(crate) mod http {
                         "forceEnded": ended(EndReason::ForceEnded),
                         "revoked": ended(EndReason::Revoked),
                         "limitRejections": v.stats.limit_rejections,
-                        "averageSessionSeconds": v.stats.average_session_seconds,
+                        "averageSessionSeconds": v.average_session_seconds,
                     }),
                 )
             })

@@ -1127,18 +1127,6 @@ impl Ledger for DynamoLedger {
             };
             out.entry(row.feature).or_default().spans.push(span);
         }
-        for s in out.values_mut() {
-            let finished: Vec<i64> = s
-                .spans
-                .iter()
-                .filter_map(|sp| {
-                    sp.end_ms.filter(|e| sp.created_ms >= since_ms && *e >= sp.created_ms).map(|e| e - sp.created_ms)
-                })
-                .collect();
-            if !finished.is_empty() {
-                s.average_session_seconds = finished.iter().sum::<i64>() as f64 / finished.len() as f64 / 1000.0;
-            }
-        }
         Ok(out)
     }
 

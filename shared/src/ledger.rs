@@ -93,7 +93,6 @@ pub struct FeatureStats {
     pub created: u64,
     pub ended_by: BTreeMap<&'static str, u64>,
     pub limit_rejections: u64,
-    pub average_session_seconds: f64,
     /// The sessions that overlap the window, for peak concurrency.
     pub spans: Vec<SessionSpan>,
 }
@@ -841,8 +840,8 @@ impl Ledger for SqlLedger {
                 }
             }
         }
-        // The sessions that overlap the window: their average length here, their peak with the
-        // seat store's leases (the caller's), since a lease can run out before the sweep records it.
+        // The sessions that overlap the window, for their peak and average length (the caller's,
+        // with the seat store's leases: a lease can run out before the sweep records it).
         let rows = sqlx::query(self.sql(
             "SELECT feature, created_at, ended_at, expires_at, session_id FROM sessions \
              WHERE license_id = ? AND (status = 'active' OR ended_at >= ?) AND created_at <= ?",
@@ -863,18 +862,6 @@ impl Ledger for SqlLedger {
                 feature: feature.clone(),
             };
             out.entry(feature).or_default().spans.push(span);
-        }
-        for s in out.values_mut() {
-            let finished: Vec<i64> = s
-                .spans
-                .iter()
-                .filter_map(|sp| {
-                    sp.end_ms.filter(|e| sp.created_ms >= since_ms && *e >= sp.created_ms).map(|e| e - sp.created_ms)
-                })
-                .collect();
-            if !finished.is_empty() {
-                s.average_session_seconds = finished.iter().sum::<i64>() as f64 / finished.len() as f64 / 1000.0;
-            }
         }
         Ok(out)
     }

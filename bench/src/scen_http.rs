@@ -322,7 +322,7 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
         Row::new(5, "http.server_cpu", format!("server CPU per heartbeat, {label}"), us_per_req.0, "us")
             .baseline(us_per_req.1, &bname)
             .note(format!(
-                "RUST_LOG={} in the runner (it logs every request at info)",
+                "RUST_LOG={} in the runner (request lines are logged at debug, store failures at warn)",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())
             )),
     );

@@ -312,6 +312,28 @@ impl SqlLedger {
         rows.iter().map(session_row).collect::<std::result::Result<_, _>>().map_err(db)
     }
 
+    /// Marks every current feature of a license removed (its sessions are the sweep's to end);
+    /// returns those features.
+    async fn remove_features(&self, tx: &mut sqlx::AnyConnection, id: &Ident, now_ms: i64) -> Result<Vec<Ident>> {
+        let rows =
+            sqlx::query(self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"))
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+        let features = rows
+            .iter()
+            .map(|r| Ident::parse("feature", &r.try_get::<String, _>(0).map_err(db)?))
+            .collect::<Result<Vec<_>>>()?;
+        sqlx::query(self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"))
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        Ok(features)
+    }
+
     /// Ends the given sessions inside an open transaction; returns the ids it changed. Set-based:
     /// per chunk of 200, one SELECT finds (and locks) the rows still active, one UPDATE ends them
     /// all, one INSERT writes their events.
@@ -578,29 +600,12 @@ impl Ledger for SqlLedger {
                 other => other.map_err(db)?,
             };
             // Features left out stay, marked removed, until the sweep has ended their sessions.
-            let current = sqlx::query(
-                self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"),
-            )
-            .bind(id.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
-            let mut removed = Vec::new();
-            for r in &current {
-                let f: String = r.try_get(0).map_err(db)?;
-                let f = Ident::parse("feature", &f)?;
-                if !features.contains_key(&f) {
-                    removed.push(f);
-                }
-            }
-            sqlx::query(
-                self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"),
-            )
-            .bind(now_ms)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            let removed: Vec<Ident> = self
+                .remove_features(&mut tx, id, now_ms)
+                .await?
+                .into_iter()
+                .filter(|f| !features.contains_key(f))
+                .collect();
             for (feature, p) in features {
                 sqlx::query(self.sql("DELETE FROM license_features WHERE license_id = ? AND feature = ?"))
                     .bind(id.as_str())
@@ -652,25 +657,7 @@ impl Ledger for SqlLedger {
             if deleted == 0 {
                 return Ok(None);
             }
-            let rows = sqlx::query(
-                self.sql("SELECT feature FROM license_features WHERE license_id = ? AND removed_at IS NULL"),
-            )
-            .bind(id.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
-            let features = rows
-                .iter()
-                .map(|r| Ident::parse("feature", &r.try_get::<String, _>(0).map_err(db)?))
-                .collect::<Result<Vec<_>>>()?;
-            sqlx::query(
-                self.sql("UPDATE license_features SET removed_at = ? WHERE license_id = ? AND removed_at IS NULL"),
-            )
-            .bind(now_ms)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            let features = self.remove_features(&mut tx, id, now_ms).await?;
             tx.commit().await.map_err(db)?;
             Ok(Some(features))
         })

@@ -93,47 +93,6 @@ impl Snapshot {
 pub struct TimedLedger {
     pub inner: SqlLedger,
     pub stats: std::sync::Arc<LedgerStats>,
-    /// EXPERIMENT (`--experiment-batched-ends`, PostgreSQL only): record ends with one statement per
-    /// batch instead of three per session, to measure the proposed fix. Not the shipped service.
-    pub batched_ends: bool,
-}
-
-/// The proposed batched end: one UPDATE ... FROM (VALUES ...) RETURNING feeding one INSERT of the
-/// events, in one statement and one transaction; same effect as `end_in` (status, end time, last
-/// heartbeat kept if later, expiry set to the end, one event per changed session).
-async fn end_sessions_batched(inner: &SqlLedger, ends: &[SessionEnd]) -> Result<Vec<String>> {
-    use sqlx::Row;
-    if ends.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Session ids are 32 hex characters and reasons a fixed set, so literals are safe here.
-    let values: Vec<String> = ends
-        .iter()
-        .filter(|e| e.session_id.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .map(|e| {
-            format!(
-                "('{}', '{}', {}::bigint, {}::bigint)",
-                e.session_id,
-                e.reason.as_str(),
-                e.ended_at_ms,
-                e.last_heartbeat_at_ms.unwrap_or(0)
-            )
-        })
-        .collect();
-    let sql = format!(
-        "WITH v (session_id, reason, ended_at, hb) AS (VALUES {}), \
-         ended AS (UPDATE sessions s SET status = v.reason, ended_at = v.ended_at, \
-           last_heartbeat_at = GREATEST(s.last_heartbeat_at, v.hb), expires_at = v.ended_at \
-           FROM v WHERE s.session_id = v.session_id AND s.status = 'active' \
-           RETURNING s.session_id, s.license_id, s.feature, s.user_id, v.reason, v.ended_at), \
-         ev AS (INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
-           SELECT license_id, feature, session_id, user_id, reason, ended_at FROM ended) \
-         SELECT session_id FROM ended",
-        values.join(", ")
-    );
-    let rows =
-        sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(inner.pool()).await.map_err(seatkeeper_core::Error::ledger)?;
-    rows.iter().map(|r| r.try_get::<String, _>(0).map_err(seatkeeper_core::Error::ledger)).collect()
 }
 
 #[async_trait]
@@ -182,22 +141,18 @@ impl Ledger for TimedLedger {
         r
     }
 
-    /// The group commit's batches, timed as one call each; rows: sessions recorded.
-    async fn insert_sessions(&self, batch: &[NewSession]) -> Vec<Result<()>> {
+    /// The group commit's batches, timed as one call each; rows: sessions recorded and ended.
+    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<()>) {
         let t = Instant::now();
-        let r = self.inner.insert_sessions(batch).await;
-        self.stats.add(4, t, batch.len() as u64);
+        let r = self.inner.record(sessions, ends).await;
+        self.stats.add(4, t, (sessions.len() + ends.len()) as u64);
         r
     }
 
     /// Rows: per session changed, its update and its event.
     async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>> {
         let t = Instant::now();
-        let r = if self.batched_ends {
-            end_sessions_batched(&self.inner, ends).await
-        } else {
-            self.inner.end_sessions(ends).await
-        };
+        let r = self.inner.end_sessions(ends).await;
         let rows = r.as_ref().map_or(0, |c| 2 * c.len() as u64);
         self.stats.add(5, t, rows);
         r

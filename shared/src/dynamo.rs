@@ -931,6 +931,9 @@ impl Ledger for DynamoLedger {
     }
 
     async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>> {
+        // A group commit's batch gathers many requests' ends; a transaction takes an item once.
+        let mut seen = std::collections::HashSet::new();
+        let ends: Vec<SessionEnd> = ends.iter().filter(|e| seen.insert(&e.session_id)).cloned().collect();
         let mut changed = Vec::new();
         for chunk in ends.chunks(ENDS_PER_TRANSACTION) {
             changed.extend(self.end_chunk(chunk).await?);

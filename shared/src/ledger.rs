@@ -97,6 +97,19 @@ pub struct FeatureStats {
     pub spans: Vec<SessionSpan>,
 }
 
+/// The ledger a URL names: `dynamodb://...` (with the `dynamodb` feature), else an SQL database.
+/// Connects lazily: fails only on a malformed URL. `pool_size`: connections, or DynamoDB requests
+/// in flight.
+pub async fn open(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn Ledger>> {
+    if url.starts_with("dynamodb:") {
+        #[cfg(feature = "dynamodb")]
+        return Ok(std::sync::Arc::new(crate::dynamo::DynamoLedger::connect_with(url, pool_size).await?));
+        #[cfg(not(feature = "dynamodb"))]
+        return Err(Error::ledger("dynamodb:// ledgers need seatkeeper-core's `dynamodb` feature"));
+    }
+    Ok(std::sync::Arc::new(SqlLedger::connect_with(url, pool_size).await?))
+}
+
 #[async_trait]
 pub trait Ledger: Send + Sync {
     async fn ping(&self) -> Result<()>;
@@ -117,15 +130,17 @@ pub trait Ledger: Send + Sync {
     /// Records a new session and, in the same transaction, the ends it caused (takeover, eviction).
     /// A session already recorded is left as it is (a replayed create may write it first).
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()>;
-    /// Records several new sessions, as `insert_session` each, in as few transactions as the
-    /// backend allows; returns each one's result, in order. (The group commit calls this: a
-    /// wrapper around a ledger must pass it on, or it writes one row at a time.)
-    async fn insert_sessions(&self, batch: &[NewSession]) -> Vec<Result<()>> {
-        let mut out = Vec::with_capacity(batch.len());
-        for s in batch {
+    /// Records what a group commit gathered: new sessions (each as `insert_session`) and ends of
+    /// sessions whose seats are already free (as `end_sessions`), in as few transactions as the
+    /// backend allows. Returns each new session's result, in order, and the ends' result. (A
+    /// wrapper around a ledger must pass this on, or it writes one row at a time.)
+    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<()>) {
+        let mut out = Vec::with_capacity(sessions.len());
+        for s in sessions {
             out.push(self.insert_session(&s.row, &s.ends).await);
         }
-        out
+        let ended = if ends.is_empty() { Ok(()) } else { self.end_sessions(ends).await.map(drop) };
+        (out, ended)
     }
     /// Records ends of sessions still active in the ledger (the lease's expiry becomes the end
     /// time); returns the ids it changed.
@@ -426,12 +441,111 @@ impl SqlLedger {
 
 impl SqlLedger {
     /// New sessions and their ends in one transaction.
-    async fn insert_batch(&self, batch: &[NewSession]) -> Result<()> {
+    /// A group commit's batch, in one round trip: the ends and the rows go as two JSON parameters,
+    /// so the SQL has one shape whatever the batch's size and is prepared once per connection.
+    /// PostgreSQL takes it as one statement (one commit); SQLite as four statements in one call,
+    /// inside one transaction. Rows to end are locked in id order, as `end_in` does, so that two
+    /// writers rarely wait on each other. `None`: this dialect writes batches with `record_batch`.
+    async fn record_batch_json(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> Option<Result<()>> {
+        const POSTGRES: &str = "WITH e AS ( \
+               SELECT * FROM json_to_recordset($1::json) AS e(session_id text, reason text, at bigint, hb bigint)), \
+             locked AS ( \
+               SELECT s.session_id FROM sessions s JOIN e ON e.session_id = s.session_id \
+               WHERE s.status = 'active' ORDER BY s.session_id FOR UPDATE OF s), \
+             ended AS ( \
+               UPDATE sessions s SET last_heartbeat_at = GREATEST(s.last_heartbeat_at, e.hb), status = e.reason, \
+                 ended_at = e.at, expires_at = e.at \
+               FROM e JOIN locked l ON l.session_id = e.session_id \
+               WHERE s.session_id = e.session_id AND s.status = 'active' \
+               RETURNING s.license_id, s.feature, s.session_id, s.user_id, e.reason, e.at), \
+             ended_events AS ( \
+               INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
+               SELECT * FROM ended), \
+             r AS ( \
+               SELECT * FROM json_to_recordset($2::json) AS r(session_id text, license_id text, feature text, \
+                 user_id text, device_id text, token_hash text, idempotency_key text, metadata text, status text, \
+                 created_at bigint, last_heartbeat_at bigint, expires_at bigint, ended_at bigint)), \
+             created AS ( \
+               INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, \
+                 idempotency_key, metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) \
+               SELECT * FROM r) \
+             INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
+             SELECT license_id, feature, session_id, user_id, 'created', created_at FROM r";
+        // SQLite has no data-modifying CTEs: the end events are written before the ends.
+        const SQLITE: &str = "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
+               SELECT s.license_id, s.feature, s.session_id, s.user_id, e.value ->> 'reason', e.value ->> 'at' \
+               FROM json_each(?1) e JOIN sessions s ON s.session_id = e.value ->> 'session_id' \
+               WHERE s.status = 'active'; \
+             UPDATE sessions SET last_heartbeat_at = MAX(last_heartbeat_at, e.hb), status = e.reason, \
+               ended_at = e.at, expires_at = e.at \
+               FROM (SELECT value ->> 'session_id' AS session_id, value ->> 'reason' AS reason, \
+                 value ->> 'at' AS at, value ->> 'hb' AS hb FROM json_each(?1)) AS e \
+               WHERE sessions.session_id = e.session_id AND sessions.status = 'active'; \
+             INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, \
+               idempotency_key, metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) \
+               SELECT value ->> 'session_id', value ->> 'license_id', value ->> 'feature', value ->> 'user_id', \
+                 value ->> 'device_id', value ->> 'token_hash', value ->> 'idempotency_key', value ->> 'metadata', \
+                 value ->> 'status', value ->> 'created_at', value ->> 'last_heartbeat_at', value ->> 'expires_at', \
+                 value ->> 'ended_at' FROM json_each(?2); \
+             INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
+               SELECT value ->> 'license_id', value ->> 'feature', value ->> 'session_id', value ->> 'user_id', \
+                 'created', value ->> 'created_at' FROM json_each(?2)";
+        if self.dialect == Dialect::MySql {
+            return None;
+        }
+        let mut all: Vec<&SessionEnd> = sessions.iter().flat_map(|s| s.ends.iter()).chain(ends).collect();
+        all.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        all.dedup_by(|a, b| a.session_id == b.session_id);
+        let ends = serde_json::Value::Array(
+            all.iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "session_id": e.session_id, "reason": e.reason.as_str(), "at": e.ended_at_ms,
+                        "hb": e.last_heartbeat_at_ms.unwrap_or(0),
+                    })
+                })
+                .collect(),
+        )
+        .to_string();
+        let rows = serde_json::Value::Array(
+            sessions
+                .iter()
+                .map(|s| {
+                    let r = &s.row;
+                    serde_json::json!({
+                        "session_id": r.session_id, "license_id": r.license_id, "feature": r.feature,
+                        "user_id": r.user_id, "device_id": r.device_id, "token_hash": r.token_hash,
+                        "idempotency_key": r.idempotency_key, "metadata": r.metadata, "status": r.status,
+                        "created_at": r.created_at_ms, "last_heartbeat_at": r.last_heartbeat_at_ms,
+                        "expires_at": r.expires_at_ms, "ended_at": r.ended_at_ms,
+                    })
+                })
+                .collect(),
+        )
+        .to_string();
+        let (ends, rows) = (&ends, &rows);
+        Some(
+            retried(|| async move {
+                if self.dialect == Dialect::Postgres {
+                    return sqlx::query(POSTGRES).bind(ends).bind(rows).execute(&self.pool).await.map_err(db).map(drop);
+                }
+                let mut tx = self.begin_write().await.map_err(db)?;
+                sqlx::query(SQLITE).bind(ends).bind(rows).execute(&mut *tx).await.map_err(db)?;
+                tx.commit().await.map_err(db)
+            })
+            .await,
+        )
+    }
+
+    /// A group commit's batch in one transaction: every end (those the creates caused and the
+    /// logouts'), then every row.
+    async fn record_batch(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> Result<()> {
         retried(|| async move {
             let mut tx = self.begin_write().await.map_err(db)?;
-            let ends: Vec<SessionEnd> = batch.iter().flat_map(|s| s.ends.iter().cloned()).collect();
-            self.end_in(&mut tx, &ends).await?;
-            let rows: Vec<&SessionRow> = batch.iter().map(|s| &s.row).collect();
+            let all: Vec<SessionEnd> =
+                sessions.iter().flat_map(|s| s.ends.iter().cloned()).chain(ends.iter().cloned()).collect();
+            self.end_in(&mut tx, &all).await?;
+            let rows: Vec<&SessionRow> = sessions.iter().map(|s| &s.row).collect();
             self.insert_rows(&mut tx, &rows).await.map_err(db)?;
             tx.commit().await.map_err(db)
         })
@@ -678,21 +792,23 @@ impl Ledger for SqlLedger {
         .await
     }
 
-    async fn insert_sessions(&self, batch: &[NewSession]) -> Vec<Result<()>> {
-        if batch.len() == 1 {
-            return vec![self.insert_session(&batch[0].row, &batch[0].ends).await];
-        }
-        match self.insert_batch(batch).await {
-            Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<()>) {
+        let batched = match self.record_batch_json(sessions, ends).await {
+            Some(done) => done,
+            None => self.record_batch(sessions, ends).await,
+        };
+        match batched {
+            Ok(()) => (sessions.iter().map(|_| Ok(())).collect(), Ok(())),
             // One row the batch could not take (recorded already, or refused) fails the whole
-            // transaction: each row then goes alone and gets its own answer.
+            // transaction: the ends then go together, and each row alone, with its own answer.
             Err(e) => {
-                tracing::debug!(error = %e, rows = batch.len(), "batched session insert failed; inserting one by one");
-                let mut out = Vec::with_capacity(batch.len());
-                for s in batch {
+                tracing::debug!(error = %e, rows = sessions.len(), ends = ends.len(), "batched ledger write failed; writing its parts apart");
+                let ended = if ends.is_empty() { Ok(()) } else { self.end_sessions(ends).await.map(drop) };
+                let mut out = Vec::with_capacity(sessions.len());
+                for s in sessions {
                     out.push(self.insert_session(&s.row, &s.ends).await);
                 }
-                out
+                (out, ended)
             }
         }
     }

@@ -112,16 +112,7 @@ impl Service {
     /// (see `migrate`), so a Lambda cold start needs neither the ledger nor DDL rights.
     pub async fn connect(config: Config) -> Result<Self> {
         let seats = SeatStore::connect(&config.redis_url)?;
-        let ledger: Arc<dyn Ledger> = if config.ledger_url.starts_with("dynamodb:") {
-            #[cfg(feature = "dynamodb")]
-            {
-                Arc::new(crate::dynamo::DynamoLedger::connect_with(&config.ledger_url, config.ledger_pool_size).await?)
-            }
-            #[cfg(not(feature = "dynamodb"))]
-            return Err(Error::ledger("dynamodb:// ledgers need seatkeeper-core's `dynamodb` feature"));
-        } else {
-            Arc::new(crate::ledger::SqlLedger::connect_with(&config.ledger_url, config.ledger_pool_size).await?)
-        };
+        let ledger = crate::ledger::open(&config.ledger_url, config.ledger_pool_size).await?;
         Ok(Service::new(seats, ledger, config))
     }
 

@@ -77,16 +77,12 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 }
             }
         }
-        if !inserts.is_empty() {
-            for (result, tx) in ledger.insert_sessions(&inserts).await.into_iter().zip(insert_waiters) {
-                let _ = tx.send(result);
-            }
+        let (results, ended) = ledger.record(&inserts, &ends).await;
+        for (result, tx) in results.into_iter().zip(insert_waiters) {
+            let _ = tx.send(result);
         }
-        if !ends.is_empty() {
-            let result = ledger.end_sessions(&ends).await.map(drop);
-            for tx in end_waiters {
-                let _ = tx.send(result.clone());
-            }
+        for tx in end_waiters {
+            let _ = tx.send(ended.clone());
         }
     }
 }

@@ -257,9 +257,6 @@ impl Drop for Database {
 
 static POOL_SIZE: OnceLock<u32> = OnceLock::new();
 
-/// `--experiment-batched-ends`: the ledger wrapper records ends the proposed way (see timed.rs).
-pub static BATCHED_ENDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// The ledger pool size the service runs with (`--ledger-pool-size`, default the service's own).
 pub fn ledger_pool_size() -> u32 {
     *POOL_SIZE.get_or_init(|| seatkeeper_core::config::DEFAULT_LEDGER_POOL_SIZE)
@@ -298,11 +295,7 @@ impl Stack {
             .map_err(|e| anyhow::anyhow!("ledger: {e:?}"))?;
         ledger.migrate().await.map_err(|e| anyhow::anyhow!("ledger migrations: {e:?}"))?;
         let stats = Arc::new(LedgerStats::default());
-        let batched_ends = BATCHED_ENDS.load(Ordering::Relaxed);
-        if batched_ends && ledger.dialect() != seatkeeper_core::ledger::Dialect::Postgres {
-            bail!("--experiment-batched-ends needs the PostgreSQL ledger");
-        }
-        let timed = TimedLedger { inner: ledger.clone(), stats: stats.clone(), batched_ends };
+        let timed = TimedLedger { inner: ledger.clone(), stats: stats.clone() };
         let svc = Service::new(seats, Arc::new(timed), cfg);
         Ok(Stack { svc, ledger, stats })
     }

@@ -124,12 +124,6 @@ pub struct Args {
     #[arg(long)]
     pub function_bin: Option<PathBuf>,
 
-    /// EXPERIMENT, PostgreSQL only: the ledger records session ends with one batched statement
-    /// (the fix proposed in docs/BENCHMARKS.md) instead of the service's UPDATE per session (and one event INSERT per batch). The
-    /// figures are then not the shipped service's; the JSON says `"experiment"`.
-    #[arg(long)]
-    pub experiment_batched_ends: bool,
-
     /// The service's ledger pool size (default: the service's default, SEATKEEPER_LEDGER_POOL_SIZE's).
     #[arg(long)]
     pub ledger_pool_size: Option<u32>,
@@ -173,7 +167,6 @@ impl Args {
                     .unwrap_or_else(|| "mysql://seatkeeper:seatkeeper@127.0.0.1:3306/test".into()),
             );
         }
-        infra::BATCHED_ENDS.store(self.experiment_batched_ends, std::sync::atomic::Ordering::Relaxed);
         if let Some(n) = self.ledger_pool_size {
             infra::set_ledger_pool_size(n.max(1));
         }
@@ -263,9 +256,6 @@ async fn bench(a: Args) -> ExitCode {
         "seatkeeper-bench ({} mode, {cores} cores, {profile} build, {total:.0} s)",
         if a.quick { "quick" } else { "full" }
     );
-    if a.experiment_batched_ends {
-        println!("EXPERIMENT: session ends recorded by one batched statement (not the shipped ledger code)");
-    }
     print!("{}", report::table(&rows, &errors));
     let misses = rows.iter().filter(|r| r.target.as_ref().is_some_and(|t| !t.pass)).count();
     let json = serde_json::json!({
@@ -275,7 +265,6 @@ async fn bench(a: Args) -> ExitCode {
         "profile": profile,
         "seconds": (total * 10.0).round() / 10.0,
         "misses": misses,
-        "experiment": if a.experiment_batched_ends { Some("batched-ends") } else { None },
         "errors": errors.iter().map(|(s, e)| serde_json::json!({"scenario": s, "error": e})).collect::<Vec<_>>(),
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
     });

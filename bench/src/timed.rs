@@ -13,7 +13,7 @@ use seatkeeper_core::ledger::{
 };
 use seatkeeper_core::Result;
 
-pub const METHODS: [&str; 13] = [
+pub const METHODS: [&str; 14] = [
     "ping",
     "put_license",
     "license",
@@ -27,6 +27,7 @@ pub const METHODS: [&str; 13] = [
     "user_sessions",
     "write_heartbeats",
     "stats",
+    "record",
 ];
 
 #[derive(Default)]
@@ -141,11 +142,14 @@ impl Ledger for TimedLedger {
         r
     }
 
-    /// The group commit's batches, timed as one call each; rows: sessions recorded and ended.
-    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<()>) {
+    /// The group commit's batches (the creates' rows, the logouts' and the sweep's ends), timed
+    /// as one call each.
+    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<Vec<String>>) {
         let t = Instant::now();
         let r = self.inner.record(sessions, ends).await;
-        self.stats.add(4, t, (sessions.len() + ends.len()) as u64);
+        // Per session recorded and per session ended: its row and its event.
+        let ended = r.1.as_ref().map_or(0, Vec::len);
+        self.stats.add(13, t, 2 * (sessions.len() + ended) as u64);
         r
     }
 

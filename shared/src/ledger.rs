@@ -132,14 +132,14 @@ pub trait Ledger: Send + Sync {
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()>;
     /// Records what a group commit gathered: new sessions (each as `insert_session`) and ends of
     /// sessions whose seats are already free (as `end_sessions`), in as few transactions as the
-    /// backend allows. Returns each new session's result, in order, and the ends' result. (A
-    /// wrapper around a ledger must pass this on, or it writes one row at a time.)
-    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<()>) {
+    /// backend allows. Returns each new session's result, in order, and the ids `ends` changed.
+    /// (A wrapper around a ledger must pass this on, or it writes one row at a time.)
+    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<Vec<String>>) {
         let mut out = Vec::with_capacity(sessions.len());
         for s in sessions {
             out.push(self.insert_session(&s.row, &s.ends).await);
         }
-        let ended = if ends.is_empty() { Ok(()) } else { self.end_sessions(ends).await.map(drop) };
+        let ended = if ends.is_empty() { Ok(Vec::new()) } else { self.end_sessions(ends).await };
         (out, ended)
     }
     /// Records ends of sessions still active in the ledger (the lease's expiry becomes the end
@@ -445,8 +445,9 @@ impl SqlLedger {
     /// so the SQL has one shape whatever the batch's size and is prepared once per connection.
     /// PostgreSQL takes it as one statement (one commit); SQLite as four statements in one call,
     /// inside one transaction. Rows to end are locked in id order, as `end_in` does, so that two
-    /// writers rarely wait on each other. `None`: this dialect writes batches with `record_batch`.
-    async fn record_batch_json(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> Option<Result<()>> {
+    /// writers rarely wait on each other. Returns the ids of the sessions it ended; `None`: this
+    /// dialect writes batches with `record_batch`.
+    async fn record_batch_json(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> Option<Result<Vec<String>>> {
         const POSTGRES: &str = "WITH e AS ( \
                SELECT * FROM json_to_recordset($1::json) AS e(session_id text, reason text, at bigint, hb bigint)), \
              locked AS ( \
@@ -468,9 +469,11 @@ impl SqlLedger {
              created AS ( \
                INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, \
                  idempotency_key, metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) \
-               SELECT * FROM r) \
-             INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
-             SELECT license_id, feature, session_id, user_id, 'created', created_at FROM r";
+               SELECT * FROM r), \
+             created_events AS ( \
+               INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
+               SELECT license_id, feature, session_id, user_id, 'created', created_at FROM r) \
+             SELECT session_id FROM ended";
         // SQLite has no data-modifying CTEs: the end events are written before the ends.
         const SQLITE: &str = "INSERT INTO session_events (license_id, feature, session_id, user_id, kind, at) \
                SELECT s.license_id, s.feature, s.session_id, s.user_id, e.value ->> 'reason', e.value ->> 'at' \
@@ -480,7 +483,8 @@ impl SqlLedger {
                ended_at = e.at, expires_at = e.at \
                FROM (SELECT value ->> 'session_id' AS session_id, value ->> 'reason' AS reason, \
                  value ->> 'at' AS at, value ->> 'hb' AS hb FROM json_each(?1)) AS e \
-               WHERE sessions.session_id = e.session_id AND sessions.status = 'active'; \
+               WHERE sessions.session_id = e.session_id AND sessions.status = 'active' \
+               RETURNING session_id; \
              INSERT INTO sessions (session_id, license_id, feature, user_id, device_id, token_hash, \
                idempotency_key, metadata, status, created_at, last_heartbeat_at, expires_at, ended_at) \
                SELECT value ->> 'session_id', value ->> 'license_id', value ->> 'feature', value ->> 'user_id', \
@@ -524,14 +528,18 @@ impl SqlLedger {
         )
         .to_string();
         let (ends, rows) = (&ends, &rows);
+        let ids =
+            |rows: Vec<AnyRow>| rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<_, _>>();
         Some(
             retried(|| async move {
                 if self.dialect == Dialect::Postgres {
-                    return sqlx::query(POSTGRES).bind(ends).bind(rows).execute(&self.pool).await.map_err(db).map(drop);
+                    let ended = sqlx::query(POSTGRES).bind(ends).bind(rows).fetch_all(&self.pool).await.map_err(db)?;
+                    return ids(ended).map_err(db);
                 }
                 let mut tx = self.begin_write().await.map_err(db)?;
-                sqlx::query(SQLITE).bind(ends).bind(rows).execute(&mut *tx).await.map_err(db)?;
-                tx.commit().await.map_err(db)
+                let ended = sqlx::query(SQLITE).bind(ends).bind(rows).fetch_all(&mut *tx).await.map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                ids(ended).map_err(db)
             })
             .await,
         )
@@ -539,15 +547,16 @@ impl SqlLedger {
 
     /// A group commit's batch in one transaction: every end (those the creates caused and the
     /// logouts'), then every row.
-    async fn record_batch(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> Result<()> {
+    async fn record_batch(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> Result<Vec<String>> {
         retried(|| async move {
             let mut tx = self.begin_write().await.map_err(db)?;
             let all: Vec<SessionEnd> =
                 sessions.iter().flat_map(|s| s.ends.iter().cloned()).chain(ends.iter().cloned()).collect();
-            self.end_in(&mut tx, &all).await?;
+            let ended = self.end_in(&mut tx, &all).await?;
             let rows: Vec<&SessionRow> = sessions.iter().map(|s| &s.row).collect();
             self.insert_rows(&mut tx, &rows).await.map_err(db)?;
-            tx.commit().await.map_err(db)
+            tx.commit().await.map_err(db)?;
+            Ok(ended)
         })
         .await
     }
@@ -792,18 +801,24 @@ impl Ledger for SqlLedger {
         .await
     }
 
-    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<()>) {
+    async fn record(&self, sessions: &[NewSession], ends: &[SessionEnd]) -> (Vec<Result<()>>, Result<Vec<String>>) {
         let batched = match self.record_batch_json(sessions, ends).await {
             Some(done) => done,
             None => self.record_batch(sessions, ends).await,
         };
         match batched {
-            Ok(()) => (sessions.iter().map(|_| Ok(())).collect(), Ok(())),
+            // The ids changed include those the creates' own ends changed; the caller asked
+            // about `ends`.
+            Ok(changed) => {
+                let asked: std::collections::HashSet<&str> = ends.iter().map(|e| e.session_id.as_str()).collect();
+                let changed = changed.into_iter().filter(|id| asked.contains(id.as_str())).collect();
+                (sessions.iter().map(|_| Ok(())).collect(), Ok(changed))
+            }
             // One row the batch could not take (recorded already, or refused) fails the whole
             // transaction: the ends then go together, and each row alone, with its own answer.
             Err(e) => {
                 tracing::debug!(error = %e, rows = sessions.len(), ends = ends.len(), "batched ledger write failed; writing its parts apart");
-                let ended = if ends.is_empty() { Ok(()) } else { self.end_sessions(ends).await.map(drop) };
+                let ended = if ends.is_empty() { Ok(Vec::new()) } else { self.end_sessions(ends).await };
                 let mut out = Vec::with_capacity(sessions.len());
                 for s in sessions {
                     out.push(self.insert_session(&s.row, &s.ends).await);
@@ -814,10 +829,13 @@ impl Ledger for SqlLedger {
     }
 
     async fn end_sessions(&self, ends: &[SessionEnd]) -> Result<Vec<String>> {
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(done) = self.record_batch_json(&[], ends).await {
+            return done;
+        }
         retried(|| async move {
-            if ends.is_empty() {
-                return Ok(Vec::new());
-            }
             let mut tx = self.begin_write().await.map_err(db)?;
             let changed = self.end_in(&mut tx, ends).await?;
             tx.commit().await.map_err(db)?;

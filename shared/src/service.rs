@@ -28,7 +28,7 @@ pub struct Service {
     pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) config: Arc<Config>,
     /// Group commit of session rows and ends.
-    writer: Writer,
+    pub(crate) writer: Writer,
     licenses: Arc<LicenseCache>,
 }
 

@@ -19,7 +19,7 @@ const MAX_BATCH: usize = 256;
 
 enum Job {
     Insert(Box<NewSession>, oneshot::Sender<Result<()>>),
-    End(Vec<SessionEnd>, oneshot::Sender<Result<()>>),
+    End(Vec<SessionEnd>, oneshot::Sender<Result<usize>>),
 }
 
 /// The handle requests write through; the writer task starts with the first write.
@@ -51,8 +51,9 @@ impl Writer {
         rx.await.map_err(|_| Error::ledger("the ledger writer stopped"))?
     }
 
-    /// Records ends of sessions whose seats are already free; returns once they are committed.
-    pub async fn end(&self, ends: Vec<SessionEnd>) -> Result<()> {
+    /// Records ends of sessions whose seats are already free; returns once they are committed,
+    /// with how many of them the ledger still held active (the others were recorded already).
+    pub async fn end(&self, ends: Vec<SessionEnd>) -> Result<usize> {
         let (tx, rx) = oneshot::channel();
         self.queue().send(Job::End(ends, tx)).map_err(|_| Error::ledger("the ledger writer stopped"))?;
         rx.await.map_err(|_| Error::ledger("the ledger writer stopped"))?
@@ -72,8 +73,8 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
                     insert_waiters.push(tx);
                 }
                 Job::End(e, tx) => {
+                    end_waiters.push((e.iter().map(|e| e.session_id.clone()).collect::<Vec<_>>(), tx));
                     ends.extend(e);
-                    end_waiters.push(tx);
                 }
             }
         }
@@ -81,8 +82,12 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
         for (result, tx) in results.into_iter().zip(insert_waiters) {
             let _ = tx.send(result);
         }
-        for tx in end_waiters {
-            let _ = tx.send(ended.clone());
+        let changed: std::collections::HashSet<String> =
+            ended.as_ref().map(|c| c.iter().cloned().collect()).unwrap_or_default();
+        for (ids, tx) in end_waiters {
+            let _ = tx.send(
+                ended.as_ref().map(|_| ids.iter().filter(|id| changed.contains(*id)).count()).map_err(Clone::clone),
+            );
         }
     }
 }

@@ -37,6 +37,11 @@ fn new(sid: &str, ends: Vec<SessionEnd>) -> NewSession {
     NewSession { row: row(sid, &format!("user-{sid}"), Some("dev")), ends }
 }
 
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
 fn sid(n: u32) -> String {
     format!("{n:032x}")
 }
@@ -103,7 +108,7 @@ async fn a_batch_is_recorded_whole_and_once(backend: Backend) {
     ];
     let (results, ended) = ledger.record(&second, &ends).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    ended.expect("ends recorded");
+    assert_eq!(sorted(ended.expect("ends recorded")), vec![b.clone(), c.clone()], "the ends asked for, once");
     assert_eq!(state(&*ledger, &a).await, ("evicted".into(), T0 + 5, Some(T0 + 10)));
     assert_eq!(state(&*ledger, &b).await, ("ended".into(), T0 + 15, Some(T0 + 20)));
     assert_eq!(state(&*ledger, &c).await, ("expired".into(), T0, Some(T0 + 30)));
@@ -114,12 +119,12 @@ async fn a_batch_is_recorded_whole_and_once(backend: Backend) {
     let third = [new(&d, vec![]), new(&e, vec![])];
     let (results, ended) = ledger.record(&third, &[end(&d, EndReason::Ended, T0 + 40, None)]).await;
     assert!(results.iter().all(Result::is_ok), "a replayed row is recorded already: {results:?}");
-    ended.expect("ends recorded");
+    assert_eq!(ended.expect("ends recorded"), vec![d.clone()]);
     assert_eq!(state(&*ledger, &e).await, ("active".into(), T0, None));
     assert_eq!(state(&*ledger, &d).await, ("ended".into(), T0, Some(T0 + 40)));
     // Ending what is over changes nothing.
     let (_, ended) = ledger.record(&[], &[end(&b, EndReason::Expired, T0 + 50, Some(T0 + 45))]).await;
-    ended.expect("nothing to end");
+    assert_eq!(ended.expect("nothing to end"), Vec::<String>::new());
     assert_eq!(state(&*ledger, &b).await, ("ended".into(), T0 + 15, Some(T0 + 20)));
 
     let (created, ended_by) = counts(&*ledger).await;
@@ -139,7 +144,7 @@ async fn a_large_batch_is_recorded(backend: Backend) {
     let more: Vec<NewSession> = (400..650).map(|n| new(&sid(n), vec![])).collect();
     let (results, ended) = ledger.record(&more, &ends).await;
     assert!(results.iter().all(Result::is_ok));
-    ended.unwrap();
+    assert_eq!(ended.unwrap().len(), 150);
     let (created, ended_by) = counts(&*ledger).await;
     assert_eq!(created, 550);
     assert_eq!(ended_by.get("ended").copied(), Some(150));

@@ -153,7 +153,7 @@ pub fn license_name(tag: &str, i: usize) -> (String, String) {
 }
 
 /// Inserts `n` licenses with one feature `f` each (multi-row INSERTs into `licenses` and
-/// `license_features`) and writes each slot's cfg hash in Redis, as the first create would.
+/// `license_features`) and writes each slot's cfg hash in Redis, as the first create's rebuild would.
 pub async fn seed_licenses(
     pool: &sqlx::AnyPool,
     redis: &MultiplexedConnection,
@@ -204,6 +204,10 @@ pub async fn seed_licenses(
                 .arg("reject")
                 .arg("ver")
                 .arg(0)
+                // The first create rebuilds the slot from the ledger, which marks it reconciled:
+                // the sweep's member-by-member pass comes an hour later.
+                .arg("rec")
+                .arg(now)
                 .ignore();
         }
         pipe.query_async::<()>(&mut redis.clone()).await?;

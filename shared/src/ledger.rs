@@ -992,13 +992,34 @@ impl Ledger for SqlLedger {
             // WAL lets readers run beside the writer; the setting persists in the file.
             sqlx::query("PRAGMA journal_mode=WAL").execute(&self.pool).await.map_err(db)?;
         }
-        let migrator = match self.dialect {
-            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
-            Dialect::MySql => sqlx::migrate!("./migrations/mysql"),
-        };
-        migrator.run(&self.pool).await.map_err(Error::ledger)
+        migrator(self.dialect).run(&self.pool).await.map_err(Error::ledger)
     }
+}
+
+/// The ledger's migrations. The first schema is written per dialect (column types, engines and
+/// identity columns differ); every later change is portable SQL, in one file for all three. A
+/// shipped file never changes: sqlx refuses a database whose applied migration's checksum differs.
+fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use sqlx::SqlSafeStr;
+    let init = match dialect {
+        Dialect::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
+        Dialect::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+        Dialect::MySql => include_str!("../migrations/mysql/0001_init.sql"),
+    };
+    let steps = [
+        (1, "init", init),
+        (2, "policy version feature removal", include_str!("../migrations/0002_policy_version_feature_removal.sql")),
+        (3, "event counts", include_str!("../migrations/0003_event_counts.sql")),
+    ];
+    Migrator::with_migrations(
+        steps
+            .into_iter()
+            .map(|(version, description, sql)| {
+                Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
 }
 
 /// The largest number of intervals `[start, end)` that overlap at one instant at or after `from`.
@@ -1022,6 +1043,39 @@ pub fn peak_overlap(intervals: &[(i64, i64)], from: i64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::{migrator, Dialect};
+
+    /// Databases in the field carry these checksums (SHA-384 of each file as shipped): a changed
+    /// file would stop every one of them from migrating.
+    #[test]
+    fn shipped_migrations_never_change() {
+        let later = [
+            "369b92e1fd9b813c143739b45a1805e825b6f0856e1b2bcd1eec71e2dc3153f446b693798c357a3e29d45170651ac53f",
+            "48875f44ffeba9b821d977f1d9a13baef177c241b2c7b51eb7a113ad515defb09169cafe1eea39e1e209c21cccc2acd5",
+        ];
+        for (dialect, init) in [
+            (
+                Dialect::Sqlite,
+                "81d7a86a0e7f0a0265410bfbb81f487206555107ea0d127cc78615d792dcb6a5d4a6cce25209eb0905a277d85d60c6bd",
+            ),
+            (
+                Dialect::Postgres,
+                "ba36fc96db47b3f53a9871cd5544083438e3624ad0ac98b5d81110124fb57e65b118ad2f41a81735a97e1069cb9e97f7",
+            ),
+            (
+                Dialect::MySql,
+                "d665569ca90f1f6ff0776d2a5c54d1379a66e0ab6d65cf637ad00926ee4d1c2c4ecc825e5f14cff2a1a23c4eaa1ef004",
+            ),
+        ] {
+            let m = migrator(dialect);
+            let got: Vec<(i64, String)> =
+                m.iter().map(|m| (m.version, m.checksum.iter().map(|b| format!("{b:02x}")).collect())).collect();
+            let want: Vec<(i64, String)> =
+                [init].iter().chain(&later).enumerate().map(|(i, c)| (i as i64 + 1, (*c).to_owned())).collect();
+            assert_eq!(got, want, "{dialect:?}");
+        }
+    }
+
     use super::peak_overlap;
 
     #[test]

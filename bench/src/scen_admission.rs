@@ -194,7 +194,8 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
     let mut base_refused_lat = base.refused_lat;
     rows.push(
         Row::new(3, "admission.refused_p50", "refused create p50", refused_lat.pct_ms(50.0), "ms")
-            .baseline(base_refused_lat.pct_ms(50.0), bname),
+            .baseline(base_refused_lat.pct_ms(50.0), bname)
+            .target("<= 2x the script alone", refused_lat.pct_ms(50.0) <= 2.0 * base_refused_lat.pct_ms(50.0)),
     );
     let observed = max_live.max(max_active.load(Ordering::Relaxed)).max(ledger_peak);
     rows.push(

@@ -321,6 +321,7 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
     rows.push(
         Row::new(5, "http.server_cpu", format!("server CPU per heartbeat, {label}"), us_per_req.0, "us")
             .baseline(us_per_req.1, &bname)
+            .target("<= 2x the bare server", us_per_req.0 <= 2.0 * us_per_req.1)
             .note(format!(
                 "RUST_LOG={} in the runner (request lines are logged at debug, store failures at warn)",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())

@@ -698,6 +698,24 @@ fn host_port(url: &str) -> String {
 
 // ---- the app under test ----
 
+/// The answers to creates sent while a store stalls: each must be a `201` or a
+/// `503 store_unavailable`, nothing else. Returns how many of each: (admitted, refused).
+pub async fn admitted_or_unavailable(creates: Vec<tokio::task::JoinHandle<Resp>>) -> (u64, u64) {
+    let (mut admitted, mut refused) = (0, 0);
+    for c in creates {
+        let r = c.await.expect("create task");
+        match r.status {
+            201 => admitted += 1,
+            503 => {
+                r.expect_error(503, "store_unavailable");
+                refused += 1;
+            }
+            _ => panic!("unexpected answer {r:?}"),
+        }
+    }
+    (admitted, refused)
+}
+
 /// A response: status, JSON body (Null when none) and headers.
 #[derive(Debug)]
 pub struct Resp {

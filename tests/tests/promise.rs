@@ -11,7 +11,7 @@ use seatkeeper_tests::seatkeeper_core::domain::{FeaturePolicy, Ident, OnLimit, S
 use seatkeeper_tests::seatkeeper_core::seats::{CreateOutcome, NewSeat, Versioned};
 use seatkeeper_tests::seatkeeper_core::sweep::SweepScope;
 use seatkeeper_tests::seatkeeper_core::token;
-use seatkeeper_tests::{ledger_tests, Backend, Options, RunnerProcess, TestApp};
+use seatkeeper_tests::{admitted_or_unavailable, ledger_tests, Backend, Options, RunnerProcess, TestApp};
 use serde_json::{json, Value};
 
 fn sid(v: &Value) -> String {
@@ -262,19 +262,8 @@ async fn a_503_takes_no_seat(b: Backend) {
             app.create(&key, json!({"userId": format!("u{i}"), "feature": "f", "deviceId": "d"})).await
         }));
     }
-    let mut admitted = 1;
-    let mut refused = 0;
-    for c in creates {
-        let r = c.await.unwrap();
-        match r.status {
-            201 => admitted += 1,
-            503 => {
-                r.expect_error(503, "store_unavailable");
-                refused += 1;
-            }
-            _ => panic!("unexpected answer {r:?}"),
-        }
-    }
+    let (admitted, refused) = admitted_or_unavailable(creates).await;
+    let admitted = admitted + 1; // the session created before the stall
     stall.await.unwrap();
     assert!(refused > 0, "the stall made creates time out");
     tokio::time::sleep(Duration::from_millis(300)).await;

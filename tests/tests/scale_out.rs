@@ -20,7 +20,7 @@ use std::time::Duration;
 use reqwest::Method;
 use seatkeeper_tests::seatkeeper_core::domain::{Ident, Slot};
 use seatkeeper_tests::seatkeeper_core::sweep::SweepScope;
-use seatkeeper_tests::{Backend, Database, Options, RedisServer, Resp, TestApp, ADMIN_TOKEN};
+use seatkeeper_tests::{admitted_or_unavailable, Backend, Database, Options, RedisServer, Resp, TestApp, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 /// Bound on any single wait for a process or a store to come up.
@@ -692,18 +692,8 @@ async fn a_503_takes_no_seat_on_a_cluster() {
             tokio::spawn(async move { app.create(&key, json!({"userId": format!("u{i}"), "feature": "f"})).await })
         })
         .collect();
-    let (mut admitted, mut refused) = (1u64, 0u64);
-    for c in creates {
-        let r = c.await.unwrap();
-        match r.status {
-            201 => admitted += 1,
-            503 => {
-                r.expect_error(503, "store_unavailable");
-                refused += 1;
-            }
-            _ => panic!("unexpected answer {r:?}"),
-        }
-    }
+    let (admitted, refused) = admitted_or_unavailable(creates).await;
+    let mut admitted = admitted + 1; // the session created before the stall
     stall.await.unwrap();
     assert!(refused > 0, "the stall made creates time out");
     // Bounded: once the master is back a create is admitted again.

@@ -49,27 +49,35 @@ macro_rules! ledger_tests {
     ($($name:ident),* $(,)? $(; sql_only: $($sql:ident),* $(,)?)?) => {
         mod sqlite {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name($crate::Backend::Sqlite).await } )*
+               async fn $name() { $crate::bounded(super::$name($crate::Backend::Sqlite)).await } )*
             $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $sql() { super::$sql($crate::Backend::Sqlite).await } )*)?
+               async fn $sql() { $crate::bounded(super::$sql($crate::Backend::Sqlite)).await } )*)?
         }
         mod postgres {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name($crate::Backend::Postgres).await } )*
+               async fn $name() { $crate::bounded(super::$name($crate::Backend::Postgres)).await } )*
             $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $sql() { super::$sql($crate::Backend::Postgres).await } )*)?
+               async fn $sql() { $crate::bounded(super::$sql($crate::Backend::Postgres)).await } )*)?
         }
         mod mysql {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name($crate::Backend::MySql).await } )*
+               async fn $name() { $crate::bounded(super::$name($crate::Backend::MySql)).await } )*
             $($( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $sql() { super::$sql($crate::Backend::MySql).await } )*)?
+               async fn $sql() { $crate::bounded(super::$sql($crate::Backend::MySql)).await } )*)?
         }
         mod dynamo {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name($crate::Backend::Dynamo).await } )*
+               async fn $name() { $crate::bounded(super::$name($crate::Backend::Dynamo)).await } )*
         }
     };
+}
+
+/// Runs a scenario, failing it after 10 minutes instead of letting it hang the suite: a hang then
+/// names its test, and what it held (a moto turn, servers) is dropped for the tests after it.
+pub async fn bounded(scenario: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(Duration::from_secs(600), scenario).await.is_err() {
+        panic!("the scenario did not finish within 10 minutes");
+    }
 }
 
 fn unique(prefix: &str) -> String {

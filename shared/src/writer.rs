@@ -2,10 +2,11 @@
 //!
 //! A create's row must be committed before the client hears 201, but it need not be committed
 //! alone: one writer task takes every row waiting at that moment and records them in one
-//! transaction (multi-row statements), then answers each create. Under load a commit serves many
-//! creates; alone, a create pays what it paid before. Ends of sessions (a logout) ride the same
-//! batches; the seat is already free in the seat store by then, so a failed end write only delays
-//! the ledger: the sweep copies the end there from the seat store's record of it.
+//! transaction (`Ledger::record`), then answers each create. Under load a commit serves many
+//! creates; alone, a create pays what it paid before. Ends of sessions (logouts, the sweep's
+//! expiries) ride the same batches; the seat is already free in the seat store by then, so a
+//! failed end write only delays the ledger: the sweep copies the end there from the seat store's
+//! record of it.
 
 use std::sync::{Arc, OnceLock};
 
@@ -73,8 +74,9 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
                     insert_waiters.push(tx);
                 }
                 Job::End(e, tx) => {
-                    end_waiters.push((e.iter().map(|e| e.session_id.clone()).collect::<Vec<_>>(), tx));
+                    let start = ends.len();
                     ends.extend(e);
+                    end_waiters.push((start..ends.len(), tx));
                 }
             }
         }
@@ -84,10 +86,9 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
         }
         let changed: std::collections::HashSet<String> =
             ended.as_ref().map(|c| c.iter().cloned().collect()).unwrap_or_default();
-        for (ids, tx) in end_waiters {
-            let _ = tx.send(
-                ended.as_ref().map(|_| ids.iter().filter(|id| changed.contains(*id)).count()).map_err(Clone::clone),
-            );
+        for (mine, tx) in end_waiters {
+            let count = || ends[mine].iter().filter(|e| changed.contains(&e.session_id)).count();
+            let _ = tx.send(ended.as_ref().map(|_| count()).map_err(Clone::clone));
         }
     }
 }

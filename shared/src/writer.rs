@@ -84,11 +84,61 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
         for (result, tx) in results.into_iter().zip(insert_waiters) {
             let _ = tx.send(result);
         }
-        let changed: std::collections::HashSet<String> =
-            ended.as_ref().map(|c| c.iter().cloned().collect()).unwrap_or_default();
-        for (mine, tx) in end_waiters {
-            let count = || ends[mine].iter().filter(|e| changed.contains(&e.session_id)).count();
-            let _ = tx.send(ended.as_ref().map(|_| count()).map_err(Clone::clone));
+        match ended {
+            Ok(changed) => {
+                let ranges = end_waiters.iter().map(|(r, _)| r.clone());
+                for (count, (_, tx)) in credit(&ends, ranges, changed).into_iter().zip(end_waiters) {
+                    let _ = tx.send(Ok(count));
+                }
+            }
+            Err(e) => {
+                for (_, tx) in end_waiters {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
         }
+    }
+}
+
+/// How many of the sessions the ledger ended each waiter is credited with: a session two waiters
+/// asked to end in one batch (two sweeps, or a logout beside an expiry) was ended once, and is
+/// counted for the first of them only.
+fn credit(
+    ends: &[SessionEnd],
+    waiters: impl Iterator<Item = std::ops::Range<usize>>,
+    changed: Vec<String>,
+) -> Vec<usize> {
+    let mut unclaimed: std::collections::HashSet<String> = changed.into_iter().collect();
+    waiters.map(|mine| ends[mine].iter().filter(|e| unclaimed.remove(&e.session_id)).count()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EndReason;
+
+    fn end(id: &str) -> SessionEnd {
+        SessionEnd { session_id: id.into(), reason: EndReason::Expired, ended_at_ms: 1, last_heartbeat_at_ms: None }
+    }
+
+    #[test]
+    fn a_session_ended_once_is_credited_once() {
+        // Two sweeps asked to end a, b and b, c; a logout asked for c and d; the ledger ended a,
+        // b and c once each (d was over already).
+        let ends = vec![end("a"), end("b"), end("b"), end("c"), end("c"), end("d")];
+        let changed = vec!["a".into(), "b".into(), "c".into()];
+        assert_eq!(credit(&ends, [0..2, 2..4, 4..6].into_iter(), changed), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn one_waiter_asking_twice_is_credited_once() {
+        let ends = vec![end("a"), end("a")];
+        assert_eq!(credit(&ends, [0..2].into_iter(), vec!["a".into()]), vec![1]);
+    }
+
+    #[test]
+    fn nothing_changed_credits_no_one() {
+        let ends = vec![end("a"), end("b")];
+        assert_eq!(credit(&ends, [0..1, 1..2].into_iter(), Vec::new()), vec![0, 0]);
     }
 }

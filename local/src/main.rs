@@ -163,7 +163,11 @@ async fn serve(listen: SocketAddr) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    tracing::info!(%listen, max_connections = limits.max_connections, "seatkeeper serving");
+    // The address as bound: with port 0 the system picks a free one, and this line is how a
+    // supervisor (or a test) learns it. The only line the runner writes on stdout; logs go to stderr.
+    let bound = listener.local_addr().unwrap_or(listen);
+    println!("seatkeeper serving on http://{bound}");
+    tracing::info!(listen = %bound, max_connections = limits.max_connections, "seatkeeper serving");
     tokio::spawn(migrate_until_done(svc.clone()));
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
     // Ctrl-C or SIGTERM (a process manager) stop the runner.

@@ -80,7 +80,8 @@ pub async fn bounded(scenario: impl std::future::Future<Output = ()>) {
     }
 }
 
-fn unique(prefix: &str) -> String {
+/// A name no other test of any run uses.
+pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
@@ -122,6 +123,27 @@ async fn wait_for_ping(url: &str) -> bool {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await {
             if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
                 return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// Waits (bounded) until `url` answers as `child` itself. A port chosen free can be taken before
+/// the server binds it (by another test's server, chosen the same way at the same moment): the
+/// child then exits, and whatever answers there is not it.
+async fn wait_for_own_server(url: &str, child: &mut tokio::process::Child) -> bool {
+    let client = redis::Client::open(url).expect("redis url");
+    let Some(pid) = child.id() else { return false };
+    for _ in 0..200 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            if let Ok(info) = redis::cmd("INFO").arg("server").query_async::<String>(&mut c).await {
+                let answered = info.lines().find_map(|l| l.trim().strip_prefix("process_id:")?.parse::<u32>().ok());
+                return answered == Some(pid);
             }
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -226,9 +248,9 @@ impl RedisServer {
             ));
         }
         let masters: Vec<String> = Self::cluster_url(ports).split(',').map(str::to_owned).collect();
-        let server = RedisServer { _children: children, dir, url: masters.join(","), masters };
-        for m in &server.masters {
-            if !wait_for_ping(m).await {
+        let mut server = RedisServer { _children: children, dir, url: masters.join(","), masters };
+        for (m, child) in server.masters.iter().zip(server._children.iter_mut()) {
+            if !wait_for_own_server(m, child).await {
                 return None; // dropped: the children are killed, the directory removed
             }
         }
@@ -243,7 +265,10 @@ impl RedisServer {
             .output()
             .await
             .expect("redis-cli must be installed with redis-server");
-        assert!(created.status.success(), "redis-cli --cluster create failed: {created:?}");
+        if !created.status.success() {
+            eprintln!("redis-cli --cluster create failed, trying other ports: {created:?}");
+            return None;
+        }
         server.wait_cluster_ok().await;
         Some(server)
     }
@@ -1038,9 +1063,11 @@ pub fn seatkeeper_bin() -> PathBuf {
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: {build}", bin.display()));
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../local/src/lib.rs");
-    let changed = std::fs::metadata(&src).and_then(|m| m.modified()).expect("local/src/lib.rs");
-    assert!(built >= changed, "{} is older than {}: {build}", bin.display(), src.display());
+    for src in ["../local/src/main.rs", "../local/src/lib.rs", "../shared/src/seats.rs"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
+        let changed = std::fs::metadata(&path).and_then(|m| m.modified()).expect("runner source");
+        assert!(built >= changed, "{} is older than {}: {build}", bin.display(), path.display());
+    }
     bin
 }
 
@@ -1050,22 +1077,46 @@ pub struct RunnerProcess {
     pub base: String,
 }
 
+/// Starts `seatkeeper serve` with `--listen 127.0.0.1:0` (arguments before it: `command` is the
+/// binary, or a shell that execs it with `"$@"`): the system picks a free port, so runners of
+/// tests running beside each other never meet on one, and the runner prints the address it bound
+/// on stdout. Returns the child and its base URL; panics, with `what` the runner logged, if it
+/// exits before serving.
+pub async fn spawn_runner(
+    mut command: tokio::process::Command,
+    log: Option<&std::path::Path>,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn seatkeeper serve");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
+    let logged = || log.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+    let line = match first {
+        Ok(Ok(Some(line))) => line,
+        other => panic!("seatkeeper serve did not start serving ({other:?}): {}", logged()),
+    };
+    let base = line.strip_prefix("seatkeeper serving on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    // Nothing else is written there, but a reader is kept so that a write could never fail.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base.to_owned())
+}
+
 impl RunnerProcess {
     /// Starts it and waits until it answers HTTP.
     pub async fn start(redis_url: &str, ledger_url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new(seatkeeper_bin())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        let mut command = tokio::process::Command::new(seatkeeper_bin());
+        command
             .env("SEATKEEPER_REDIS_URL", redis_url)
             .env("SEATKEEPER_LEDGER_URL", ledger_url)
             .env("SEATKEEPER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn seatkeeper serve");
-        let base = format!("http://127.0.0.1:{port}");
+            .stderr(Stdio::null());
+        let (child, base) = spawn_runner(command, None).await;
         for _ in 0..200 {
             if reqwest::get(format!("{base}/health")).await.is_ok() {
                 return RunnerProcess { child, base };

@@ -11,7 +11,9 @@ use reqwest::Method;
 use seatkeeper_local::{serve_with, Limits};
 use seatkeeper_tests::seatkeeper_core::http::{handle, ROUTES};
 use seatkeeper_tests::seatkeeper_core::Service;
-use seatkeeper_tests::{seatkeeper_bin, Backend, Database, Options, Proxy, RedisServer, Resp, TestApp, ADMIN_TOKEN};
+use seatkeeper_tests::{
+    seatkeeper_bin, spawn_runner, unique, Backend, Database, Options, Proxy, RedisServer, Resp, TestApp, ADMIN_TOKEN,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -232,24 +234,20 @@ impl Child {
     /// On `db` reached through `ledger_url`, once the runner answers HTTP at all.
     async fn start_on(db: Database, ledger_url: &str, env: &[(&str, &str)]) -> Self {
         let redis = RedisServer::start().await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = std::env::temp_dir().join(format!("sk-http-edges-{}-{port}.log", std::process::id()));
+        let log = std::env::temp_dir().join(unique("sk-http-edges-"));
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
-            .arg(r#"ulimit -n 256 && exec "$0" serve --listen "$1""#)
+            .arg(r#"ulimit -n 256 && exec "$0" "$@""#)
             .arg(seatkeeper_bin())
-            .arg(format!("127.0.0.1:{port}"))
             .env("SEATKEEPER_REDIS_URL", &redis.url)
             .env("SEATKEEPER_LEDGER_URL", ledger_url)
             .env("SEATKEEPER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .env_remove("SEATKEEPER_MAX_CONNECTIONS")
             .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
-        let child = cmd.spawn().expect("spawn seatkeeper serve");
-        let mut runner = Child { child, base: format!("http://127.0.0.1:{port}"), log, _redis: redis, _db: db };
+            .stderr(std::fs::File::create(&log).unwrap());
+        let (child, base) = spawn_runner(cmd, Some(&log)).await;
+        let mut runner = Child { child, base, log, _redis: redis, _db: db };
         let deadline = tokio::time::Instant::now() + BOUND;
         loop {
             if reqwest::get(format!("{}/health", runner.base)).await.is_ok() {

@@ -20,29 +20,14 @@ use std::time::Duration;
 use reqwest::Method;
 use seatkeeper_tests::seatkeeper_core::domain::{Ident, Slot};
 use seatkeeper_tests::seatkeeper_core::sweep::SweepScope;
-use seatkeeper_tests::{admitted_or_unavailable, Backend, Database, Options, RedisServer, Resp, TestApp, ADMIN_TOKEN};
+use seatkeeper_tests::{
+    admitted_or_unavailable, seatkeeper_bin, spawn_runner, unique, Backend, Database, Options, RedisServer, Resp,
+    TestApp, ADMIN_TOKEN,
+};
 use serde_json::{json, Value};
 
 /// Bound on any single wait for a process or a store to come up.
 const BOUND: Duration = Duration::from_secs(30);
-
-/// The `seatkeeper` binary the workspace builds (`cargo build --workspace`), next to this test's
-/// executable, and not older than the runner's source.
-fn seatkeeper_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let bin = dir.join(format!("seatkeeper{}", std::env::consts::EXE_SUFFIX));
-    let hint = "build it first: `cargo build --workspace` (or `cargo build -p seatkeeper-local --bin seatkeeper`)";
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is missing: {hint}", bin.display()));
-    for src in ["../local/src/main.rs", "../local/src/lib.rs", "../shared/src/seats.rs"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
-        let changed = std::fs::metadata(&path).and_then(|m| m.modified()).expect("runner source");
-        assert!(built >= changed, "{} is older than {}: {hint}", bin.display(), path.display());
-    }
-    bin
-}
 
 fn store_env<'a>(redis_url: &'a str, ledger_url: &'a str) -> [(&'static str, &'a str); 4] {
     [
@@ -64,18 +49,14 @@ struct Runner {
 impl Runner {
     /// Starts the runner and waits (bounded) until it answers HTTP at all.
     async fn start(redis_url: &str, ledger_url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = std::env::temp_dir().join(format!("sk-scale-out-{}-{port}.log", std::process::id()));
-        let child = tokio::process::Command::new(seatkeeper_bin())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        let log = std::env::temp_dir().join(unique("sk-scale-out-"));
+        let mut command = tokio::process::Command::new(seatkeeper_bin());
+        command
             .envs(store_env(redis_url, ledger_url))
             .env("SEATKEEPER_SWEEP_INTERVAL_SECONDS", "3600")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn seatkeeper serve");
-        let mut runner = Runner { child, base: format!("http://127.0.0.1:{port}"), log, http: reqwest::Client::new() };
+            .stderr(std::fs::File::create(&log).unwrap());
+        let (child, base) = spawn_runner(command, Some(&log)).await;
+        let mut runner = Runner { child, base, log, http: reqwest::Client::new() };
         let deadline = tokio::time::Instant::now() + BOUND;
         while runner.http.get(format!("{}/health", runner.base)).send().await.is_err() {
             runner.assert_alive();

@@ -271,10 +271,14 @@ impl Service {
             }
         } else {
             let victims: Vec<String> = ends.iter().map(|e| e.session_id.clone()).collect();
-            let written = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.writer.insert(NewSession { row, ends }))
-                .await
-                .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
-            if let Err(e) = written {
+            let written =
+                tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.writer.insert(NewSession { row, ends })).await;
+            if written.is_err() {
+                // A row still queued is never written now; one in a batch already under way may
+                // yet be: the slot is compared member by member at the next sweep, which ends it.
+                self.mark_dirty(&slot).await;
+            }
+            if let Err(e) = written.unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out"))) {
                 // Nothing half-done: the seat goes back, and the sessions this create ended come
                 // back as they were, before the client hears of the failure.
                 if let Err(release) = self.seats.release(&slot, &session_id, idem, created_ms, &victims).await {

@@ -69,6 +69,9 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
         let (mut ends, mut end_waiters) = (Vec::new(), Vec::new());
         for job in buf.drain(..) {
             match job {
+                // Its create stopped waiting (timed out): it answered 503 and gave the seat back,
+                // so its row must not be written now.
+                Job::Insert(_, tx) if tx.is_closed() => {}
                 Job::Insert(s, tx) => {
                     inserts.push(*s);
                     insert_waiters.push(tx);

@@ -496,6 +496,64 @@ async fn a_crash_between_the_stores_is_repaired(b: Backend) {
     assert_eq!(app.all_leases(&license, "f").await, 0);
 }
 
+/// Creates whose ledger write waits past its bound (10 s) hear 503 and keep nothing: the one whose
+/// row was still queued is never written once the ledger is back; the one whose batch was under
+/// way may land then, and the next sweep ends it (its slot was marked for comparison). No seat
+/// stays taken either way.
+async fn a_create_that_timed_out_keeps_nothing(b: Backend) {
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 5})).await;
+    app.create_ok(&key, "warm").await; // the license is cached: the creates below need no SQL read
+    let lock = app.lock_sessions().await;
+    let create = |user: &'static str| {
+        let (app, key) = (app.clone(), key.clone());
+        tokio::spawn(async move { app.create(&key, json!({"userId": user, "feature": "f"})).await })
+    };
+    let leases = || async {
+        let mut c = app.redis_conn().await;
+        let all: Vec<String> = redis::cmd("ZRANGE")
+            .arg(TestApp::seat_key(&license, "f", "leases"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        all
+    };
+    let held_by = |n: usize| async move {
+        for _ in 0..200 {
+            let seats = leases().await;
+            if seats.len() == n {
+                return seats;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} seats never held: {:?}", leases().await);
+    };
+    let warm = held_by(1).await;
+    // A's row goes out in a batch, which waits on the lock; B's waits in the queue behind it.
+    let a = create("a");
+    let with_a = held_by(2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b_create = create("b");
+    let with_b = held_by(3).await;
+    let sid_a = with_a.iter().find(|s| !warm.contains(s)).unwrap().clone();
+    let sid_b = with_b.iter().find(|s| !with_a.contains(s)).unwrap().clone();
+    a.await.unwrap().expect_error(503, "store_unavailable");
+    b_create.await.unwrap().expect_error(503, "store_unavailable");
+    assert_eq!(leases().await, warm, "the seats went back with the 503s");
+    app.unlock_sessions(lock).await;
+    // The writer is one queue: once a later create is answered, what was before it is done.
+    app.create_ok(&key, "c").await;
+    assert_eq!(app.ledger_status(&sid_b).await, None, "a queued row is not written after its 503");
+    app.svc.sweep(&SweepScope::default()).await.unwrap();
+    assert!(
+        matches!(app.ledger_status(&sid_a).await.as_deref(), None | Some("expired")),
+        "a row that landed after its 503 is ended by the next sweep"
+    );
+    assert_eq!(app.all_leases(&license, "f").await, 2, "warm and c only");
+}
+
 /// Refused creates are counted in the seat store in the same step as the refusal, shown by
 /// session-stats at once, and moved to the ledger by the sweep without being counted twice.
 async fn refusals_are_counted_once(b: Backend) {
@@ -552,6 +610,8 @@ ledger_tests!(
     a_failed_create_ends_nobody,
     // Not on DynamoDB: the ledger step is held back by locking the SQL table (`lock_sessions`).
     a_crash_between_the_stores_is_repaired,
+    // Likewise.
+    a_create_that_timed_out_keeps_nothing,
 );
 
 /// Scenarios that cut the ledger's connection off: PostgreSQL and MySQL (SQLite has none).

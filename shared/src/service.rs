@@ -271,20 +271,19 @@ impl Service {
             }
         } else {
             let victims: Vec<String> = ends.iter().map(|e| e.session_id.clone()).collect();
-            let written =
-                tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.writer.insert(NewSession { row, ends })).await;
-            if written.is_err() {
-                // A row still queued is never written now; one in a batch already under way may
-                // yet be: the slot is compared member by member at the next sweep, which ends it.
-                self.mark_dirty(&slot).await;
-            }
-            if let Err(e) = written.unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out"))) {
+            let written = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.writer.insert(NewSession { row, ends }))
+                .await
+                .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
+            if let Err(e) = written {
                 // Nothing half-done: the seat goes back, and the sessions this create ended come
                 // back as they were, before the client hears of the failure.
                 if let Err(release) = self.seats.release(&slot, &session_id, idem, created_ms, &victims).await {
                     tracing::error!(error = %release, session_id, "could not undo a create after a failed ledger write; its lease runs out on its own");
-                    self.mark_dirty(&slot).await;
                 }
+                // A row still queued is never written now, but one whose batch was under way when
+                // this create stopped waiting, or whose commit lost its connection, may yet be
+                // there: the next sweep compares the slot member by member and ends it.
+                self.mark_dirty(&slot).await;
                 return Err(e);
             }
         }

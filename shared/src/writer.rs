@@ -10,6 +10,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -83,7 +84,13 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 }
             }
         }
-        let (results, ended) = ledger.record(&inserts, &ends).await;
+        // A panic in one batch fails that batch's callers, not every later write of the process.
+        let batch = std::panic::AssertUnwindSafe(ledger.record(&inserts, &ends)).catch_unwind().await;
+        let (results, ended) = batch.unwrap_or_else(|_| {
+            tracing::error!(rows = inserts.len(), ends = ends.len(), "a ledger batch panicked");
+            let failed = || Error::ledger("the ledger write failed");
+            (inserts.iter().map(|_| Err(failed())).collect(), Err(failed()))
+        });
         for (result, tx) in results.into_iter().zip(insert_waiters) {
             let _ = tx.send(result);
         }

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::domain::{EndReason, Ident, Slot};
 use crate::error::Result;
@@ -31,9 +32,12 @@ use crate::service::Service;
 const BATCH: usize = 500;
 /// How often the scheduled sweep reconciles each slot member by member.
 const RECONCILE_EVERY_MS: i64 = 3_600_000;
-/// Slots swept at once. Their expiry ends share the group commit's transactions; their other
-/// ledger reads take pool connections.
-const SLOTS_AT_ONCE: usize = 8;
+/// Slots swept at once: their expiry ends share the group commit's transactions, and their Redis
+/// round trips overlap the writer's commits.
+const SLOTS_AT_ONCE: usize = 32;
+/// Of those, how many compare members or revoke at once: these read the ledger on pool
+/// connections, which requests need too.
+const LEDGER_WORK_AT_ONCE: usize = 4;
 /// A seat younger than this may still be waiting for its ledger row (a create in flight waits at
 /// most `LEDGER_WRITE_TIMEOUT` for it); likewise a removed feature's slot is forgotten only this
 /// long after its removal, once no create that read the old license can still write a row.
@@ -138,15 +142,16 @@ impl Service {
             .into_iter();
         // The work is a chain of round trips per slot: several slots at a time keep both stores
         // busy without taking more ledger connections than the pool can spare.
+        let ledger_work = Semaphore::new(LEDGER_WORK_AT_ONCE);
         let mut running = FuturesUnordered::new();
         for slot in in_scope.by_ref().take(SLOTS_AT_ONCE) {
-            running.push(self.sweep_one(slot, scope));
+            running.push(self.sweep_one(slot, scope, &ledger_work));
         }
         let mut report = SweepReport::default();
         while let Some(done) = running.next().await {
             report = report.add(&done);
             if let Some(slot) = in_scope.next() {
-                running.push(self.sweep_one(slot, scope));
+                running.push(self.sweep_one(slot, scope, &ledger_work));
             }
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -154,12 +159,15 @@ impl Service {
     }
 
     /// One slot's sweep, its failure counted rather than raised.
-    async fn sweep_one(&self, entry: &SlotEntry, scope: &SweepScope) -> SweepReport {
+    async fn sweep_one(&self, entry: &SlotEntry, scope: &SweepScope, ledger_work: &Semaphore) -> SweepReport {
         let slot = &entry.slot;
         let mut r = SweepReport { slots: 1, ..Default::default() };
         let swept = match entry.removed_at_ms {
-            Some(removed_at) => self.sweep_removed(slot, removed_at, &mut r).await,
-            None => self.sweep_slot(slot, scope, &mut r).await,
+            Some(removed_at) => {
+                let _turn = ledger_work.acquire().await;
+                self.sweep_removed(slot, removed_at, &mut r).await
+            }
+            None => self.sweep_slot(slot, scope, ledger_work, &mut r).await,
         };
         if let Err(e) = swept {
             r.failed_slots += 1;
@@ -168,7 +176,13 @@ impl Service {
         r
     }
 
-    async fn sweep_slot(&self, slot: &Slot, scope: &SweepScope, report: &mut SweepReport) -> Result<()> {
+    async fn sweep_slot(
+        &self,
+        slot: &Slot,
+        scope: &SweepScope,
+        ledger_work: &Semaphore,
+        report: &mut SweepReport,
+    ) -> Result<()> {
         self.move_rejections(slot).await?;
         // 1. Leases that ran out: ledger first, then the seat store, so a kill in between repeats
         //    harmless work and loses none.
@@ -198,6 +212,12 @@ impl Service {
         // 2. Reconciliation: a slot that lost its data is rebuilt; otherwise two counts decide
         //    whether the slot needs reading member by member.
         let size = self.seats.slot_size(slot).await?;
+        let needs_ledger = !size.initialized || size.revoked || scope.full || size.dirty.is_some();
+        let stale = size.reconciled_ms.is_none_or(|t| crate::domain::now_ms() - t > RECONCILE_EVERY_MS);
+        if !needs_ledger && !stale {
+            return Ok(());
+        }
+        let _turn = ledger_work.acquire().await;
         if !size.initialized {
             report.repaired += self.rebuild(slot).await?;
             return Ok(());
@@ -210,10 +230,6 @@ impl Service {
         // Member by member only when asked (cleanup-sessions, --full), when a ledger write is known
         // to have missed, or once an hour per slot (what no one saw: a process that died between
         // the two stores): the scheduled sweep's cost follows what is due, not what is live.
-        let stale = size.reconciled_ms.is_none_or(|t| crate::domain::now_ms() - t > RECONCILE_EVERY_MS);
-        if !scope.full && size.dirty.is_none() && !stale {
-            return Ok(());
-        }
         let snapshot = self.seats.snapshot(slot).await?;
         let rows = self.ledger.active_sessions(slot).await?;
         let for_user = |u: Option<&str>| scope.user.as_ref().is_none_or(|want| Some(want.as_str()) == u);

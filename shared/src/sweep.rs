@@ -36,8 +36,8 @@ const RECONCILE_EVERY_MS: i64 = 3_600_000;
 /// round trips overlap the writer's commits.
 const SLOTS_AT_ONCE: usize = 32;
 /// Of those, how many compare members or revoke at once: these read the ledger on pool
-/// connections, which requests need too.
-const LEDGER_WORK_AT_ONCE: usize = 4;
+/// connections, which requests need too (SQLite's pool has 4, the others 8 by default).
+const LEDGER_WORK_AT_ONCE: usize = 2;
 /// A seat younger than this may still be waiting for its ledger row (a create in flight waits at
 /// most `LEDGER_WRITE_TIMEOUT` for it); likewise a removed feature's slot is forgotten only this
 /// long after its removal, once no create that read the old license can still write a row.

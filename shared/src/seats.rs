@@ -38,6 +38,7 @@ struct Scripts {
     heartbeat: Script,
     end: Script,
     release: Script,
+    confirm: Script,
     rebuild: Script,
     policy: Script,
     due: Script,
@@ -53,6 +54,9 @@ struct Scripts {
 /// this deadline on the Redis server's clock and refuses to run past it, so a create that times out
 /// here (and answers 503) never takes a seat later. Kept well inside the response timeout.
 const CREATE_BUDGET_MS: i64 = 1_000;
+/// How long a replay's `confirm` mark keeps a seat from its create's undo: longer than any create
+/// waits for its ledger row.
+const KEPT_MS: i64 = 60_000;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -406,6 +410,7 @@ impl SeatStore {
             heartbeat: script!("heartbeat.lua"),
             end: script!("end.lua"),
             release: script!("release.lua"),
+            confirm: script!("confirm.lua"),
             rebuild: script!("rebuild.lua"),
             policy: script!("policy.lua"),
             due: script!("due.lua"),
@@ -600,7 +605,9 @@ impl SeatStore {
     }
 
     /// Undoes an admission whose ledger write failed (or whose outcome is unknown): frees its seat
-    /// and brings back the sessions it ended at `created_ms` (`ended`), as they were.
+    /// and brings back the sessions it ended at `created_ms` (`ended`), as they were. Returns how
+    /// many came back, or `None` when a replay of the create has answered for the session already
+    /// (`confirm`): then nothing changes.
     pub async fn release(
         &self,
         slot: &Slot,
@@ -608,7 +615,7 @@ impl SeatStore {
         idempotency_key: Option<&str>,
         created_ms: i64,
         ended: &[String],
-    ) -> Result<u64> {
+    ) -> Result<Option<u64>> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.release.prepare_invoke();
         inv.key(k.leases())
@@ -618,7 +625,16 @@ impl SeatStore {
             .arg(session_id)
             .arg(created_ms)
             .arg(ended);
-        Ok(self.run_int(inv).await? as u64)
+        Ok(u64::try_from(self.run_int(inv).await?).ok())
+    }
+
+    /// For a replay whose session the ledger now holds: keeps the seat from being given back by
+    /// the create it repeats. False when that create has given it back already.
+    pub async fn confirm(&self, slot: &Slot, session_id: &str) -> Result<bool> {
+        let k = SlotKeys::new(slot);
+        let mut inv = self.scripts.confirm.prepare_invoke();
+        inv.key(k.sessions()).arg(k.prefix()).arg(session_id).arg(KEPT_MS);
+        Ok(self.run_int(inv).await? == 1)
     }
 
     /// Restores a slot from the ledger's live sessions; returns how many sessions were restored.

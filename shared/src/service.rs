@@ -157,6 +157,7 @@ impl Service {
             Err(e) => {
                 // The script may have run with its reply lost: take the seat back, so that the
                 // 503 the client hears changed nothing. (One that runs late refuses by itself.)
+                // A replay of it that has answered for the seat keeps it (`release` leaves it).
                 if let Err(release) = self.seats.release(&slot, &session_id, idem, 0, &[]).await {
                     tracing::warn!(error = %release, session_id, "could not take back a seat after a failed create; its lease runs out on its own");
                     self.mark_dirty(&slot).await;
@@ -265,9 +266,28 @@ impl Service {
         };
         if replay {
             // The create this repeats may not be in the ledger yet (still in flight, or its
-            // process died in between): answer only for a session the ledger holds.
-            if self.ledger.session(&session_id).await?.is_none() {
-                self.ledger.insert_session(&row, &[]).await?;
+            // process died in between, or its write failing): answer only for a session the
+            // ledger holds, and only while its seat stands. `confirm` keeps that create from
+            // giving the seat back from now on, or finds it given back already.
+            let recorded = async {
+                if self.ledger.session(&session_id).await?.is_none() {
+                    self.ledger.insert_session(&row, &[]).await?;
+                }
+                Ok(())
+            };
+            let recorded = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, recorded)
+                .await
+                .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
+            let kept = match recorded {
+                Ok(()) => self.seats.confirm(&slot, &session_id).await,
+                Err(e) => Err(e),
+            };
+            if !matches!(kept, Ok(true)) {
+                // A row this wrote (or is still writing) with no seat: the next sweep ends it.
+                self.mark_dirty(&slot).await;
+                return Err(kept.err().unwrap_or_else(|| {
+                    Error::ledger("the create this repeats failed and gave its seat back; try again")
+                }));
             }
         } else {
             let victims: Vec<String> = ends.iter().map(|e| e.session_id.clone()).collect();

@@ -377,6 +377,10 @@ async fn a_replay_records_what_it_answers_for(b: Backend) {
     assert_eq!(replay.status, 200, "{replay:?}");
     assert_eq!(replay.body["sessionToken"], minted.token.as_str());
     assert_eq!(app.ledger_status(&session_id).await.as_deref(), Some("active"));
+    // The create it repeats, its own write failing after all, tries to give the seat back: the
+    // replay has answered for it, so it stays.
+    let undo = app.svc.seats().release(&slot, &session_id, Some("retry-1"), 0, &[]).await.unwrap();
+    assert_eq!(undo, None, "a seat a replay answered for is not given back");
     app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.unwrap();
     assert_eq!(app.heartbeat(&minted.token).await.status, 200);
 }
@@ -554,6 +558,45 @@ async fn a_create_that_timed_out_keeps_nothing(b: Backend) {
     assert_eq!(app.all_leases(&license, "f").await, 2, "warm and c only");
 }
 
+/// A create waits on a stalled ledger with an idempotency key; its client retries. The create
+/// gives up first and gives the seat back; the ledger then takes the retry's row. The retry must
+/// not answer for a seat that is gone: it hears 503, the row it wrote is ended by the next sweep,
+/// and retrying once more takes a seat of its own.
+async fn a_replay_never_answers_for_a_seat_given_back(b: Backend) {
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 5})).await;
+    app.create_ok(&key, "warm").await;
+    let lock = app.lock_sessions().await;
+    let body = json!({"userId": "u1", "feature": "f", "idempotencyKey": "stalled-1"});
+    let create = || {
+        let (app, key, body) = (app.clone(), key.clone(), body.clone());
+        tokio::spawn(async move { app.create(&key, body).await })
+    };
+    let first = create();
+    while app.all_leases(&license, "f").await < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let retry = create();
+    first.await.unwrap().expect_error(503, "store_unavailable");
+    assert_eq!(app.all_leases(&license, "f").await, 1, "the first create gave its seat back");
+    app.unlock_sessions(lock).await;
+    retry.await.unwrap().expect_error(503, "store_unavailable");
+    assert_eq!(app.all_leases(&license, "f").await, 1);
+    app.svc.sweep(&SweepScope::default()).await.unwrap();
+    let pool = app.db.pool().await;
+    let active: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM sessions WHERE license_id = '{license}' AND status = 'active'"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(active, 1, "only warm's row is active after the sweep");
+    let again = app.create(&key, body.clone()).await;
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(app.all_leases(&license, "f").await, 2);
+}
+
 /// Refused creates are counted in the seat store in the same step as the refusal, shown by
 /// session-stats at once, and moved to the ledger by the sweep without being counted twice.
 async fn refusals_are_counted_once(b: Backend) {
@@ -612,6 +655,7 @@ ledger_tests!(
     a_crash_between_the_stores_is_repaired,
     // Likewise.
     a_create_that_timed_out_keeps_nothing,
+    a_replay_never_answers_for_a_seat_given_back,
 );
 
 /// Scenarios that cut the ledger's connection off: PostgreSQL and MySQL (SQLite has none).

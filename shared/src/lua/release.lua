@@ -2,8 +2,13 @@
 -- brings back the sessions that create evicted or replaced, as they were. Also removes a seat the
 -- ledger does not explain (an orphan).
 -- KEYS: leases, sessions, idempotency key (or placeholder). ARGV: prefix, sid, create time ms
--- (0: none), then the ids of the sessions the create ended.
+-- (0: none), then the ids of the sessions the create ended. Reply: how many sessions came back,
+-- or -1 when a replay has answered for the session (nothing was changed).
 local leases, sessions, prefix, sid = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+-- A replay of this create has answered for the session (confirm.lua): the seat stands.
+if redis.call('EXISTS', prefix .. 'kept:' .. sid) == 1 then
+  return -1
+end
 local r = get_live(prefix, sid)
 redis.call('ZREM', leases, sid)
 redis.call('ZREM', prefix .. 'prov', sid)

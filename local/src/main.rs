@@ -163,12 +163,16 @@ async fn serve(listen: SocketAddr) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    // Requests wait (in the listen backlog) for the first migration attempt, so that none meets a
+    // schema half applied; a ledger that is down or slow holds the start back 5 s at most.
+    let (first_attempt, attempted) = tokio::sync::oneshot::channel();
+    tokio::spawn(migrate_until_done(svc.clone(), first_attempt));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), attempted).await;
     // The address as bound: with port 0 the system picks a free one, and this line is how a
     // supervisor (or a test) learns it. The only line the runner writes on stdout; logs go to stderr.
     let bound = listener.local_addr().unwrap_or(listen);
     println!("seatkeeper serving on http://{bound}");
     tracing::info!(listen = %bound, max_connections = limits.max_connections, "seatkeeper serving");
-    tokio::spawn(migrate_until_done(svc.clone()));
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
     // Ctrl-C or SIGTERM (a process manager) stop the runner.
     let shutdown = async {
@@ -189,13 +193,18 @@ async fn serve(listen: SocketAddr) -> ExitCode {
     }
 }
 
-/// The runner migrates at its start. A ledger that is down then does not stop it: it serves at
-/// once (heartbeats need no SQL; what needs the ledger answers 503) and tries again, backing off
-/// to every 30 s, until the migrations are applied.
-async fn migrate_until_done(svc: Service) {
+/// The runner migrates at its start. A ledger that is down then does not stop it: it serves
+/// (heartbeats need no SQL; what needs the ledger answers 503) and tries again, backing off to
+/// every 30 s, until the migrations are applied. `first_attempt` is told when the first try ends.
+async fn migrate_until_done(svc: Service, first_attempt: tokio::sync::oneshot::Sender<()>) {
     let mut wait = std::time::Duration::from_secs(1);
+    let mut first_attempt = Some(first_attempt);
     loop {
-        match svc.migrate().await {
+        let migrated = svc.migrate().await;
+        if let Some(tx) = first_attempt.take() {
+            let _ = tx.send(());
+        }
+        match migrated {
             Ok(()) => {
                 tracing::info!("ledger migrations applied");
                 return;

@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, NewSession, SessionEnd};
 
-/// Most rows one transaction takes.
-const MAX_BATCH: usize = 256;
+/// Most rows one transaction takes: a batch closes at the job that reaches it (a sweep's job
+/// brings up to 500 ends), so that a create never waits behind one huge transaction.
+const MAX_BATCH_ROWS: usize = 2_048;
 
 enum Job {
     Insert(Box<NewSession>, oneshot::Sender<Result<()>>),
@@ -62,10 +63,27 @@ impl Writer {
     }
 }
 
-/// The writer task: one batch at a time, each as large as what is waiting.
+impl Job {
+    fn rows(&self) -> usize {
+        match self {
+            Job::Insert(s, _) => 1 + s.ends.len(),
+            Job::End(e, _) => e.len(),
+        }
+    }
+}
+
+/// The writer task: one batch at a time, each as large as what is waiting (up to
+/// `MAX_BATCH_ROWS`).
 async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut buf = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut rows = first.rows();
+        buf.push(first);
+        while rows < MAX_BATCH_ROWS {
+            let Ok(job) = rx.try_recv() else { break };
+            rows += job.rows();
+            buf.push(job);
+        }
         let (mut inserts, mut insert_waiters) = (Vec::new(), Vec::new());
         let (mut ends, mut end_waiters) = (Vec::new(), Vec::new());
         for job in buf.drain(..) {

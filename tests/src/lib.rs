@@ -108,11 +108,23 @@ pub struct RedisServer {
 
 const CLUSTER_MASTERS: usize = 3;
 
-/// Loopback ports nothing listens on: held while chosen, so that they differ.
+/// Loopback ports nothing listens on, for servers that must be told their port (cluster nodes):
+/// held while chosen, so that they differ. They are drawn at random below the system's ephemeral
+/// range, where no `bind(0)` (a runner's listener, moto's) and no outgoing connection takes a port
+/// between its choice and the server's start; two tests drawing the same one is caught by the
+/// server's pid (`wait_for_own_server`).
 async fn free_ports(n: usize) -> Vec<u16> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_start.max(20_000));
     let mut held = Vec::new();
-    for _ in 0..n {
-        held.push(std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"));
+    while held.len() < n {
+        let port = low + (uuid::Uuid::new_v4().as_u128() % u128::from(high - low)) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
     }
     held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }

@@ -1,5 +1,6 @@
 //! `seatkeeper`: the local runner (`serve`), a one-off sweep (`sweep`) and the admin command line.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -171,7 +172,8 @@ async fn serve(listen: SocketAddr) -> ExitCode {
     // The address as bound: with port 0 the system picks a free one, and this line is how a
     // supervisor (or a test) learns it. The only line the runner writes on stdout; logs go to stderr.
     let bound = listener.local_addr().unwrap_or(listen);
-    println!("seatkeeper serving on http://{bound}");
+    // A closed stdout (a supervisor that reads nothing) must not stop the runner: no println!.
+    let _ = writeln!(std::io::stdout(), "seatkeeper serving on http://{bound}");
     tracing::info!(listen = %bound, max_connections = limits.max_connections, "seatkeeper serving");
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
     // Ctrl-C or SIGTERM (a process manager) stop the runner.

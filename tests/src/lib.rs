@@ -1012,6 +1012,18 @@ impl TestApp {
         redis::cmd("ZCARD").arg(format!("sk:{{{license}/{feature}}}:leases")).query_async(&mut c).await.unwrap()
     }
 
+    /// The session ids holding a lease in a slot, live or due.
+    pub async fn lease_ids(&self, license: &str, feature: &str) -> Vec<String> {
+        let mut c = self.redis_conn().await;
+        redis::cmd("ZRANGE")
+            .arg(Self::seat_key(license, feature, "leases"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+
     /// Moves a session's lease expiry to `ago_ms` before the Redis server's now, by hand: a lease
     /// that ran out and has not been swept.
     pub async fn lapse_seat(&self, license: &str, feature: &str, sid: &str, ago_ms: i64) {

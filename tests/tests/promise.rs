@@ -467,16 +467,9 @@ async fn a_crash_between_the_stores_is_repaired(b: Backend) {
     let logout = http.post(format!("{}/api/licenses/sessions/cleanup", runner.base)).bearer_auth(tok(&s)).send();
     let (create, logout) = (tokio::spawn(create), tokio::spawn(logout));
     // Both reached the seat store: u1's seat is free and u2 holds one.
-    let mut c = app.redis_conn().await;
     let mut seats: Vec<String> = Vec::new();
     for _ in 0..100 {
-        seats = redis::cmd("ZRANGE")
-            .arg(TestApp::seat_key(&license, "f", "leases"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        seats = app.lease_ids(&license, "f").await;
         if seats.len() == 1 && seats[0] != sid(&s) {
             break;
         }
@@ -513,17 +506,7 @@ async fn a_create_that_timed_out_keeps_nothing(b: Backend) {
         let (app, key) = (app.clone(), key.clone());
         tokio::spawn(async move { app.create(&key, json!({"userId": user, "feature": "f"})).await })
     };
-    let leases = || async {
-        let mut c = app.redis_conn().await;
-        let all: Vec<String> = redis::cmd("ZRANGE")
-            .arg(TestApp::seat_key(&license, "f", "leases"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        all
-    };
+    let leases = || app.lease_ids(&license, "f");
     let held_by = |n: usize| async move {
         for _ in 0..200 {
             let seats = leases().await;

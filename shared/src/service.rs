@@ -269,32 +269,27 @@ impl Service {
             // process died in between, or its write failing): answer only for a session the
             // ledger holds, and only while its seat stands. `confirm` keeps that create from
             // giving the seat back from now on, or finds it given back already.
-            let recorded = async {
-                if self.ledger.session(&session_id).await?.is_none() {
-                    self.ledger.insert_session(&row, &[]).await?;
+            let kept = async {
+                within_write_timeout(async {
+                    if self.ledger.session(&session_id).await?.is_none() {
+                        self.ledger.insert_session(&row, &[]).await?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                match self.seats.confirm(&slot, &session_id).await? {
+                    true => Ok(()),
+                    false => Err(Error::ledger("the create this repeats failed and gave its seat back; try again")),
                 }
-                Ok(())
             };
-            let recorded = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, recorded)
-                .await
-                .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
-            let kept = match recorded {
-                Ok(()) => self.seats.confirm(&slot, &session_id).await,
-                Err(e) => Err(e),
-            };
-            if !matches!(kept, Ok(true)) {
+            if let Err(e) = kept.await {
                 // A row this wrote (or is still writing) with no seat: the next sweep ends it.
                 self.mark_dirty(&slot).await;
-                return Err(kept.err().unwrap_or_else(|| {
-                    Error::ledger("the create this repeats failed and gave its seat back; try again")
-                }));
+                return Err(e);
             }
         } else {
             let victims: Vec<String> = ends.iter().map(|e| e.session_id.clone()).collect();
-            let written = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.writer.insert(NewSession { row, ends }))
-                .await
-                .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
-            if let Err(e) = written {
+            if let Err(e) = within_write_timeout(self.writer.insert(NewSession { row, ends })).await {
                 // Nothing half-done: the seat goes back, and the sessions this create ended come
                 // back as they were, before the client hears of the failure.
                 if let Err(release) = self.seats.release(&slot, &session_id, idem, created_ms, &victims).await {
@@ -586,6 +581,13 @@ impl Service {
     pub async fn migrate(&self) -> Result<()> {
         self.ledger.migrate().await
     }
+}
+
+/// A create's ledger step, bounded by `LEDGER_WRITE_TIMEOUT`.
+async fn within_write_timeout<T>(write: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(LEDGER_WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")))
 }
 
 fn parse_token(session_token: &str) -> Result<(token::TokenClaims, String)> {

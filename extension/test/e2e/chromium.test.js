@@ -164,7 +164,10 @@ test('a killed browser: the seat frees when the lease runs out; a restart releas
   const [s2] = await waitFor('a new session after the restart', () => liveSessions('carol').then((l) => l.length === 1 && l[0].sessionId !== s1.sessionId && l), { timeoutMs: 20000 });
 
   // Killed again and started at once, while the lease still runs: the start gives the leftover back
-  // before it creates (the old session ends as `ended`, not `replaced` by a takeover).
+  // before it creates (the old session ends as `ended`, not `replaced` by a takeover). The kill waits
+  // until the extension has written the session down: killed between the service's 201 and that write,
+  // a browser cannot know of its leftover, and the next create from its device takes the seat over.
+  await waitFor('the extension to keep the second session', async () => (await ctx.browser.keptSession())?.sessionId === s2.sessionId, { timeoutMs: 10000 });
   await ctx.browser.kill();
   await ctx.launch();
   const [s3] = await waitFor('a third session', () => liveSessions('carol').then((l) => l.length === 1 && l[0].sessionId !== s2.sessionId && l), { timeoutMs: 20000 });

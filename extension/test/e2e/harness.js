@@ -317,6 +317,25 @@ export class Browser {
     return (await this.targets()).find((t) => t.type === 'service_worker' && t.url.startsWith(`chrome-extension://${this.extId}/`));
   }
 
+  /** Evaluates an expression in the extension's running service worker; undefined when none runs. */
+  async workerEval(expression) {
+    const w = await this.worker();
+    if (!w) return undefined;
+    const { sessionId } = await this.send('Target.attachToTarget', { targetId: w.targetId, flatten: true });
+    try {
+      const r = await this.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true }, sessionId);
+      if (r.exceptionDetails) throw new Error(`worker eval: ${r.exceptionDetails.exception?.description ?? r.exceptionDetails.text}`);
+      return r.result.value;
+    } finally {
+      await this.send('Target.detachFromTarget', { sessionId }).catch(() => {});
+    }
+  }
+
+  /** The session the extension has written to storage.local, the copy a restart gives back. */
+  async keptSession() {
+    return (await this.workerEval(`chrome.storage.local.get('seatkeeper.session').then((x) => x['seatkeeper.session'] ?? null)`)) ?? null;
+  }
+
   /** Stops the extension's service worker, as Chromium does after 30 s without events. */
   async stopWorker() {
     const w = await this.worker();

@@ -14,6 +14,8 @@ use crate::error::Error;
 use crate::service::{CreateSession, PutLicense, Service};
 use crate::token;
 
+mod admin;
+
 /// Request bodies larger than this get `413 payload_too_large`.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
@@ -492,10 +494,10 @@ async fn run(svc: &Service, op: Op, route: &Route, req: Request, params: Option<
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::Text(OPENAPI_JSON.to_owned()))
             .expect("static response")),
-        Op::ForceCleanup => crate::admin::http::force_cleanup(svc, &req, &params).await,
-        Op::DebugSessions => crate::admin::http::debug(svc, &req).await,
-        Op::CleanupSessions => crate::admin::http::cleanup_sessions(svc, &req).await,
-        Op::SessionStats => crate::admin::http::session_stats(svc, &req, &params).await,
+        Op::ForceCleanup => admin::force_cleanup(svc, &req, &params).await,
+        Op::DebugSessions => admin::debug(svc, &req).await,
+        Op::CleanupSessions => admin::cleanup_sessions(svc, &req).await,
+        Op::SessionStats => admin::session_stats(svc, &req, &params).await,
     }
 }
 

@@ -1,0 +1,99 @@
+//! The admin routes' HTTP mapping: requests to the service's admin operations, and their answers in
+//! the contract's JSON.
+
+use std::collections::BTreeMap;
+
+use lambda_http::Request;
+use serde_json::{json, Map, Value};
+
+use super::{body_object, json_ok, opt_ident, path_ident, query_ident, query_u64, req_ident, require_admin, ApiResult};
+use crate::domain::{rfc3339_ms, EndReason};
+use crate::service::Service;
+
+pub async fn force_cleanup(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    require_admin(svc, req)?;
+    let user = path_ident(params, "userId")?;
+    let feature = path_ident(params, "feature")?;
+    let license = query_ident(req, "licenseId", false)?;
+    let done = svc.force_cleanup(&user, &feature, license.as_ref()).await?;
+    json_ok(json!({"userId": user, "feature": feature, "ended": done.ended.len(), "sessionIds": done.ended}))
+}
+
+pub async fn debug(svc: &Service, req: &Request) -> ApiResult {
+    require_admin(svc, req)?;
+    let user = query_ident(req, "userId", true)?.expect("required");
+    let feature = query_ident(req, "feature", true)?.expect("required");
+    let view = svc.debug(&user, &feature).await?;
+    let time = |t: Option<i64>| t.map(rfc3339_ms);
+    json_ok(json!({
+        "userId": user,
+        "feature": feature,
+        "sessions": view.sessions.iter().map(|s| json!({
+            "sessionId": s.session_id,
+            "licenseId": s.license,
+            "status": s.status,
+            "createdAt": time(s.created_ms),
+            "lastHeartbeatAt": time(s.last_heartbeat_ms),
+            "expiresAt": time(s.expires_ms),
+            "inSeatStore": s.in_seat_store,
+            "inLedger": s.in_ledger,
+        })).collect::<Vec<_>>(),
+        "licenses": view.licenses.iter().map(|l| json!({
+            "licenseId": l.license,
+            "limit": l.limit,
+            "active": l.seat_store_active,
+            "seatStoreActive": l.seat_store_active,
+            "ledgerActive": l.ledger_active,
+            "consistent": l.consistent,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+pub async fn cleanup_sessions(svc: &Service, req: &Request) -> ApiResult {
+    require_admin(svc, req)?;
+    let body = body_object(req)?;
+    let license = req_ident(&body, "licenseId")?;
+    let user = opt_ident(&body, "userId")?;
+    let feature = opt_ident(&body, "feature")?;
+    let r = svc.cleanup_license(&license, user, feature).await?;
+    json_ok(json!({
+        "licenseId": license,
+        "expired": r.expired,
+        "orphansRemoved": r.orphans_removed(),
+        "repaired": r.repaired,
+        "orphanSeats": r.orphan_seats,
+        "orphanRows": r.orphan_rows,
+        "heartbeatsWritten": r.heartbeats_written,
+    }))
+}
+
+pub async fn session_stats(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    require_admin(svc, req)?;
+    let license = path_ident(params, "licenseId")?;
+    let window = query_u64(req, "windowSeconds", 86_400, 366 * 86_400)?;
+    let stats = svc.session_stats(&license, window).await?;
+    let features: Map<String, Value> = stats
+        .into_iter()
+        .map(|(f, v)| {
+            let ended = |r: EndReason| v.stats.ended_by.get(r.as_str()).copied().unwrap_or(0);
+            (
+                f,
+                json!({
+                    "limit": v.limit,
+                    "active": v.active,
+                    "peakActive": v.peak_active,
+                    "created": v.stats.created,
+                    "ended": ended(EndReason::Ended),
+                    "expired": ended(EndReason::Expired),
+                    "evicted": ended(EndReason::Evicted),
+                    "replaced": ended(EndReason::Replaced),
+                    "forceEnded": ended(EndReason::ForceEnded),
+                    "revoked": ended(EndReason::Revoked),
+                    "limitRejections": v.stats.limit_rejections,
+                    "averageSessionSeconds": v.average_session_seconds,
+                }),
+            )
+        })
+        .collect();
+    json_ok(json!({"licenseId": license, "windowSeconds": window, "features": features}))
+}

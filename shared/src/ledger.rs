@@ -987,30 +987,55 @@ impl Ledger for SqlLedger {
     }
 }
 
-/// The ledger's migrations. The first schema is written per dialect (column types, engines and
-/// identity columns differ); every later change is portable SQL, in one file for all three. A
-/// shipped file never changes: sqlx refuses a database whose applied migration's checksum differs.
+/// The ledger's migrations. The first schema is one template, rendered per dialect (column types,
+/// engines and identity columns differ); every later change is portable SQL, in one file for all
+/// three. A shipped migration never changes: sqlx refuses a database whose applied migration's
+/// checksum differs, and `shipped_migrations_never_change` holds each rendering to what shipped.
 fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    use sqlx::SqlSafeStr;
-    let init = match dialect {
-        Dialect::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
-        Dialect::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
-        Dialect::MySql => include_str!("../migrations/mysql/0001_init.sql"),
-    };
+    use sqlx::{AssertSqlSafe, SqlSafeStr};
     let steps = [
-        (1, "init", init),
-        (2, "policy version feature removal", include_str!("../migrations/0002_policy_version_feature_removal.sql")),
-        (3, "event counts", include_str!("../migrations/0003_event_counts.sql")),
+        (1, "init", init_schema(dialect)),
+        (
+            2,
+            "policy version feature removal",
+            include_str!("../migrations/0002_policy_version_feature_removal.sql").into(),
+        ),
+        (3, "event counts", include_str!("../migrations/0003_event_counts.sql").into()),
     ];
     Migrator::with_migrations(
         steps
             .into_iter()
-            .map(|(version, description, sql)| {
-                Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+            .map(|(version, description, sql): (i64, &str, String)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
             })
             .collect(),
     )
+}
+
+/// The first schema in a dialect: `0001_init.sql.tmpl` with its four placeholders filled.
+fn init_schema(dialect: Dialect) -> String {
+    let (note, table_options, unicode_text, identity) = match dialect {
+        Dialect::Sqlite => ("", "", "", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        Dialect::Postgres => ("", "", "", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+        Dialect::MySql => (
+            "-- MySQL/MariaDB: identifiers are ASCII and compared case-sensitively (ascii_bin).\n",
+            " ENGINE=InnoDB DEFAULT CHARSET=ascii COLLATE=ascii_bin",
+            " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+            "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
+        ),
+    };
+    include_str!("../migrations/0001_init.sql.tmpl")
+        .replace("{dialect_note}", note)
+        .replace("{table_options}", table_options)
+        .replace("{unicode_text}", unicode_text)
+        .replace("{identity}", identity)
 }
 
 /// The largest number of intervals `[start, end)` that overlap at one instant at or after `from`.

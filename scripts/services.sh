@@ -81,7 +81,7 @@ ensure_moto() {
   if ! _sk_port_open 5055; then
     echo "services: starting moto on 127.0.0.1:5055"
     mkdir -p /tmp/seatkeeper-moto
-    # One thread (as the test harness runs it, see MOTO_SINGLE_THREADED in tests/src/lib.rs):
+    # One thread (as the test harness runs it, see MOTO_SINGLE_THREADED in tests/src/database.rs):
     # moto's threaded server fails TransactWriteItems now and then under concurrent writes.
     nohup python3 -c "import sys; from werkzeug.serving import run_simple; \
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app; \

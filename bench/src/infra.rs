@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,8 @@ use seatkeeper_core::domain::PolicyDefaults;
 use seatkeeper_core::ledger::{Ledger, SqlLedger};
 use seatkeeper_core::seats::SeatStore;
 use seatkeeper_core::{Config, Service};
+
+use seatkeeper_tests::unique;
 
 use crate::timed::{LedgerStats, TimedLedger};
 
@@ -25,12 +26,6 @@ pub fn progress(msg: impl AsRef<str>) {
 
 pub fn start_clock() {
     STARTED.get_or_init(Instant::now);
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    format!("{prefix}{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 // ---- Redis ----
@@ -153,28 +148,14 @@ pub async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) -> Result
 
 // ---- databases ----
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-    MySql,
-}
+/// The test harness's throwaway databases: one per scenario, dropped (or its file removed) on drop.
+pub use seatkeeper_tests::{Backend, Database};
 
-impl Backend {
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "sqlite" => Backend::Sqlite,
-            "postgres" | "postgresql" | "pg" => Backend::Postgres,
-            "mysql" | "mariadb" => Backend::MySql,
-            other => bail!("unknown ledger {other:?}: use sqlite, postgres or mysql"),
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-            Backend::MySql => "mariadb",
-        }
+/// The ledger named on the command line (`sqlite`, `postgres`, `mysql`).
+pub fn ledger_backend(name: &str) -> Result<Backend> {
+    match name.parse().map_err(anyhow::Error::msg)? {
+        Backend::Dynamo => bail!("the benchmarks run on the SQL ledgers: use sqlite, postgres or mysql"),
+        b => Ok(b),
     }
 }
 
@@ -185,72 +166,20 @@ pub struct DbUrls {
     pub mysql: String,
 }
 
-/// A database of its own for one scenario, dropped (or its file removed) on drop.
-pub struct Database {
-    pub backend: Backend,
-    pub url: String,
-    admin_url: Option<String>,
-    name: String,
-    dir: Option<PathBuf>,
+/// A database of its own for one scenario, on the server its backend's URL names.
+pub async fn database(backend: Backend, urls: &DbUrls) -> Result<Database> {
+    let server = match backend {
+        Backend::Postgres => Some(urls.postgres.as_str()),
+        Backend::MySql => Some(urls.mysql.as_str()),
+        Backend::Sqlite | Backend::Dynamo => None,
+    };
+    Database::create_on(backend, server).await.map_err(anyhow::Error::msg)
 }
 
-fn with_database(base: &str, name: &str) -> Result<String> {
-    let (head, _) = base.rsplit_once('/').context("database URL with a path")?;
-    Ok(format!("{head}/{name}"))
-}
-
-impl Database {
-    pub async fn create(backend: Backend, urls: &DbUrls) -> Result<Self> {
-        let name = unique("sk_bench_");
-        match backend {
-            Backend::Sqlite => {
-                let dir = std::env::temp_dir().join(unique("sk-bench-ledger-"));
-                std::fs::create_dir_all(&dir)?;
-                let url = format!("sqlite://{}", dir.join("ledger.db").display());
-                Ok(Database { backend, url, admin_url: None, name, dir: Some(dir) })
-            }
-            Backend::Postgres | Backend::MySql => {
-                let admin_url = if backend == Backend::Postgres { &urls.postgres } else { &urls.mysql };
-                sqlx::any::install_default_drivers();
-                let pool = sqlx::AnyPool::connect(admin_url)
-                    .await
-                    .with_context(|| format!("cannot reach {} at {admin_url}", backend.name()))?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
-                pool.close().await;
-                let url = with_database(admin_url, &name)?;
-                Ok(Database { backend, url, admin_url: Some(admin_url.clone()), name, dir: None })
-            }
-        }
-    }
-
-    /// A pool of its own on the database (for seeding and direct reads).
-    pub async fn pool(&self, max: u32) -> Result<sqlx::AnyPool> {
-        sqlx::any::install_default_drivers();
-        Ok(sqlx::any::AnyPoolOptions::new().max_connections(max).connect(&self.url).await?)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        let Some(admin_url) = self.admin_url.clone() else { return };
-        let sql = match self.backend {
-            Backend::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            _ => format!("DROP DATABASE IF EXISTS {}", self.name),
-        };
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::AnyPool::connect(&admin_url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-                    pool.close().await;
-                }
-            });
-        })
-        .join();
-    }
+/// A pool of `max` connections of its own on the database (for seeding and direct reads).
+pub async fn pool(db: &Database, max: u32) -> Result<sqlx::AnyPool> {
+    sqlx::any::install_default_drivers();
+    Ok(sqlx::any::AnyPoolOptions::new().max_connections(max).connect(&db.url).await?)
 }
 
 // ---- the service under test ----

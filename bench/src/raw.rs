@@ -2,7 +2,7 @@
 //! with no service code around them) and the seeding of both stores in exactly the layout the
 //! scripts and migrations use.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -314,6 +314,7 @@ pub async fn analyze(pool: &sqlx::AnyPool, backend: Backend) -> Result<()> {
         Backend::Postgres => exec(pool, "VACUUM ANALYZE".into()).await,
         Backend::Sqlite => exec(pool, "ANALYZE".into()).await,
         Backend::MySql => exec(pool, "ANALYZE TABLE sessions, license_features, licenses".into()).await,
+        Backend::Dynamo => bail!("no SQL on DynamoDB"),
     }
 }
 

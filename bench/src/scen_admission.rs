@@ -13,7 +13,7 @@ use seatkeeper_core::service::CreateSession;
 use seatkeeper_core::Error;
 use sqlx::Row as _;
 
-use crate::infra::{evalsha_usec, progress, reset_stats, Backend, Cpu, Database, RedisServer, Stack};
+use crate::infra::{database, evalsha_usec, ledger_backend, pool, progress, reset_stats, Cpu, RedisServer, Stack};
 use crate::load::{closed_loop, warmup_for, Kind, LoadResult};
 use crate::raw::{self, Policy, SeedSession, Shas};
 use crate::report::Row;
@@ -42,15 +42,15 @@ async fn monitor(conn: redis::aio::MultiplexedConnection, leases_key: String, st
 }
 
 pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<()> {
-    let backend = Backend::parse(&a.admission_ledger)?;
+    let backend = ledger_backend(&a.admission_ledger)?;
     let (clients, seats) = (a.admission_clients, a.admission_seats);
     let dur = a.duration();
     redis.flushall().await?;
-    let db = Database::create(backend, &a.urls()).await?;
+    let db = database(backend, &a.urls()).await?;
     let stack = Stack::connect(&redis.url, &db).await?;
     let conn = redis.conn().await?;
     let policy = Policy { limit: seats as u32, ttl_s: 90, hb_s: 30 };
-    let seed_pool = db.pool(2).await?;
+    let seed_pool = pool(&db, 2).await?;
     let lics = raw::seed_licenses(&seed_pool, &conn, "bench-adm", 1, policy).await?;
     let (license, key) = lics[0].clone();
     let prefix = raw::prefix(&license, "f");
@@ -148,7 +148,7 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     // The ledger's view: the most sessions whose [created, ended) overlap, on the Redis clock.
-    let pool = db.pool(1).await?;
+    let pool = pool(&db, 1).await?;
     let rs = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT created_at, ended_at, expires_at FROM sessions WHERE license_id = '{license}'"
     )))

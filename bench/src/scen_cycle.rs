@@ -10,7 +10,9 @@ use anyhow::Result;
 use seatkeeper_core::domain::Ident;
 use seatkeeper_core::service::CreateSession;
 
-use crate::infra::{evalsha_usec, progress, reset_stats, Backend, Cpu, Database, RedisServer, Stack};
+use crate::infra::{
+    database, evalsha_usec, ledger_backend, pool, progress, reset_stats, Backend, Cpu, RedisServer, Stack,
+};
 use crate::load::{closed_loop, warmup_for, Kind};
 use crate::raw::{self, Policy, Shas};
 use crate::report::{fmt_int, Row};
@@ -28,7 +30,7 @@ fn target_ratio(backend: Backend) -> Option<f64> {
 
 pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<()> {
     for ledger in &a.cycle_ledgers {
-        let backend = Backend::parse(ledger)?;
+        let backend = ledger_backend(ledger)?;
         for &licenses in &a.cycle_licenses {
             one(a, redis, backend, licenses, rows).await?;
         }
@@ -40,12 +42,12 @@ async fn one(a: &Args, redis: &RedisServer, backend: Backend, licenses: usize, r
     let clients = a.cycle_clients;
     let dur = a.duration();
     redis.flushall().await?;
-    let db = Database::create(backend, &a.urls()).await?;
+    let db = database(backend, &a.urls()).await?;
     let stack = Stack::connect(&redis.url, &db).await?;
     let conn = redis.conn().await?;
     let policy = Policy { limit: 1_000_000, ttl_s: 90, hb_s: 30 };
     progress(format!("cycle: {} ledger, seeding {licenses} licenses", backend.name()));
-    let seed_pool = db.pool(2).await?;
+    let seed_pool = pool(&db, 2).await?;
     let lics = Arc::new(raw::seed_licenses(&seed_pool, &conn, "bench-cy", licenses, policy).await?);
     seed_pool.close().await;
     let shas = Arc::new(Shas::load(&mut conn.clone()).await?);

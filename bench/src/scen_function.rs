@@ -16,7 +16,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
-use crate::infra::{free_port, progress, rss, Backend, Database, RedisServer, Stack};
+use crate::infra::{database, free_port, ledger_backend, progress, rss, RedisServer, Stack};
 use crate::load::Lat;
 use crate::raw::{self, Shas};
 use crate::report::Row;
@@ -128,10 +128,10 @@ fn function_command(a: &Args) -> (PathBuf, Vec<&'static str>, &'static str) {
 }
 
 pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<()> {
-    let backend = Backend::parse(&a.http_ledger)?;
+    let backend = ledger_backend(&a.http_ledger)?;
     let invocations = a.function_invocations();
     redis.flushall().await?;
-    let db = Database::create(backend, &a.urls()).await?;
+    let db = database(backend, &a.urls()).await?;
     let stack = Stack::connect(&redis.url, &db).await?;
     let seated =
         crate::scen_heartbeat::seat_sessions(&stack.svc, "bench-fn", "bench-fn-key-0123456789abcdef", 100, 100).await?;

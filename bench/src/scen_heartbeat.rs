@@ -12,7 +12,7 @@ use seatkeeper_core::service::{CreateSession, PutLicense};
 use seatkeeper_core::{token, Service};
 use serde_json::json;
 
-use crate::infra::{evalsha_usec, progress, reset_stats, Backend, Cpu, Database, RedisServer, Stack};
+use crate::infra::{database, evalsha_usec, ledger_backend, progress, reset_stats, Cpu, RedisServer, Stack};
 use crate::load::{closed_loop, warmup_for, Kind};
 use crate::raw::{self, Shas};
 use crate::report::Row;
@@ -67,9 +67,9 @@ pub async fn seat_sessions(svc: &Service, license: &str, key: &str, seats: usize
 }
 
 pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<()> {
-    let backend = Backend::parse(&a.hb_ledger)?;
+    let backend = ledger_backend(&a.hb_ledger)?;
     redis.flushall().await?;
-    let db = Database::create(backend, &a.urls()).await?;
+    let db = database(backend, &a.urls()).await?;
     let stack = Stack::connect(&redis.url, &db).await?;
     let n = a.hb_clients.iter().copied().max().unwrap_or(1);
     progress(format!("heartbeat: seating {n} sessions ({} ledger)", backend.name()));

@@ -14,7 +14,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::infra::{free_port, progress, rss, wait_listening, Backend, ChildGuard, Cpu, Database, RedisServer, Stack};
+use crate::infra::{
+    database, free_port, ledger_backend, progress, rss, wait_listening, ChildGuard, Cpu, RedisServer, Stack,
+};
 use crate::load::{closed_loop, warmup_for, Kind};
 use crate::report::Row;
 use crate::Args;
@@ -219,11 +221,11 @@ async fn run_builtin(addr: &str, tokens: Arc<Vec<String>>, conns: usize, secs: u
 }
 
 pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<()> {
-    let backend = Backend::parse(&a.http_ledger)?;
+    let backend = ledger_backend(&a.http_ledger)?;
     let conns = a.http_connections;
     let secs = a.duration().as_secs().max(1) * 2;
     redis.flushall().await?;
-    let db = Database::create(backend, &a.urls()).await?;
+    let db = database(backend, &a.urls()).await?;
     let stack = Stack::connect(&redis.url, &db).await?;
     let n = conns.clamp(1, 1000);
     progress(format!("http: seating {n} sessions"));

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use seatkeeper_core::sweep::{SweepReport, SweepScope};
 
-use crate::infra::{command_counts, info_field, progress, reset_stats, Backend, Cpu, Database, RedisServer, Stack};
+use crate::infra::{
+    command_counts, database, info_field, ledger_backend, pool, progress, reset_stats, Cpu, Database, RedisServer,
+    Stack,
+};
 use crate::raw::{self, Policy, SeedSession};
 use crate::report::{fmt_num, Row};
 use crate::timed::Snapshot;
@@ -93,7 +96,7 @@ async fn seed(redis: &RedisServer, db: &Database, what: &str, s: &[SeedSession])
     progress(format!("sweep: seeding {} sessions ({what}) into Redis", fmt_num(s.len() as f64)));
     raw::seed_redis_sessions(&conn, s).await?;
     progress(format!("sweep: seeding {} sessions ({what}) into the ledger", fmt_num(s.len() as f64)));
-    let pool = db.pool(3).await?;
+    let pool = pool(&db, 3).await?;
     let total = s.len();
     let mut next_report = 100_000;
     raw::seed_ledger_sessions(&pool, s, |done| {
@@ -148,21 +151,22 @@ async fn sweep(redis: &RedisServer, db: &Database, what: &str) -> Result<Cost> {
 }
 
 pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<()> {
-    let backend = Backend::parse(&a.sweep_ledger)?;
+    let backend = ledger_backend(&a.sweep_ledger)?;
     let (live, nlic) = (a.sweep_live.unwrap_or(1_000_000), a.sweep_licenses.unwrap_or(1_000));
     if nlic == 0 || live % (100 * nlic) != 0 {
         bail!("--sweep-live ({live}) must be a multiple of 100 x --sweep-licenses ({nlic})");
     }
     let per = live / nlic;
     redis.flushall().await?;
-    let db = Database::create(backend, &a.urls()).await?;
+    let db = database(backend, &a.urls()).await?;
     // Migrations first (the service's own), then the licenses.
     Stack::connect(&redis.url, &db).await?.close().await;
     let conn = redis.conn().await?;
-    let pool = db.pool(2).await?;
+    let seed_pool = pool(&db, 2).await?;
     let lics =
-        raw::seed_licenses(&pool, &conn, "bench-sw", nlic, Policy { limit: 1_000_000, ttl_s: TTL_S, hb_s: 60 }).await?;
-    pool.close().await;
+        raw::seed_licenses(&seed_pool, &conn, "bench-sw", nlic, Policy { limit: 1_000_000, ttl_s: TTL_S, hb_s: 60 })
+            .await?;
+    seed_pool.close().await;
     let names: Vec<String> = lics.into_iter().map(|(id, _)| id).collect();
     let now = raw::chrono_now_ms();
 
@@ -186,7 +190,7 @@ pub async fn run(a: &Args, redis: &RedisServer, rows: &mut Vec<Row>) -> Result<(
     let mem_after = info_field(&mut rc, "memory", "used_memory").await?;
     let per_session = (mem_after - mem_before) / b_count as f64;
     progress(format!("sweep: seeding {} sessions (B) into the ledger", fmt_num(b_count as f64)));
-    let pool = db.pool(3).await?;
+    let pool = pool(&db, 3).await?;
     let mut next_report = 100_000;
     raw::seed_ledger_sessions(&pool, &b_sessions, |done| {
         if done >= next_report && done < b_count {

@@ -2,9 +2,10 @@
 //!
 //! Safe to be a little stale by construction: the policy a create decides with is the newest the
 //! seat store holds (a policy carries its license version, and the admission script keeps the
-//! newer one), and a removed feature's slot refuses creates in the seat store itself. What a stale
-//! entry can still do is accept a key for at most `ttl` after it was rotated or its license deleted
-//! on another instance; on this instance, license writes clear the cache at once.
+//! newer one), and a removed feature's slot refuses creates in the seat store itself. A create
+//! that a cached license would answer with "no such feature" reads the license again first (it may
+//! have been added, or its license deleted, through another instance). On this instance, license
+//! writes clear the cache at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -131,7 +131,33 @@ impl Service {
     pub async fn create_session(&self, license_key: &str, req: CreateSession) -> Result<Session> {
         validate_license_key("Authorization", license_key)
             .map_err(|_| Error::Unauthorized("missing or malformed license key"))?;
-        let license = self.license_by_key(license_key).await?.ok_or(Error::Unauthorized("unknown license key"))?;
+        let key_hash = token::hash_secret(license_key);
+        let Some(cached) = self.licenses.get(&key_hash) else {
+            let license = self.read_license(&key_hash).await?;
+            return self.create_for(license_key, license, req).await;
+        };
+        let from_cache = cached.is_some();
+        match self.create_for(license_key, cached, req.clone()).await {
+            // The cached license may predate a change made through another instance (a feature
+            // added, or added back after its removal): before saying the feature is not there,
+            // read the license again. A deleted license then answers 401, as everywhere else.
+            // Nothing was admitted by the attempt that ended so.
+            Err(Error::NotFound(_)) if from_cache => {
+                let license = self.read_license(&key_hash).await?;
+                self.create_for(license_key, license, req).await
+            }
+            done => done,
+        }
+    }
+
+    /// A create with the license its key named (`None`: no such key).
+    async fn create_for(
+        &self,
+        license_key: &str,
+        license: Option<crate::domain::License>,
+        req: CreateSession,
+    ) -> Result<Session> {
+        let license = license.ok_or(Error::Unauthorized("unknown license key"))?;
         tracing::Span::current().record("license", license.id.as_str());
         if req.license.as_ref().is_some_and(|l| *l != license.id) {
             return Err(Error::Forbidden("the license key does not belong to licenseId"));
@@ -334,14 +360,10 @@ impl Service {
         self.seats.create(slot, policy, seat).await
     }
 
-    /// A license by its key: from the cache when it was looked up lately, else from the ledger.
-    async fn license_by_key(&self, license_key: &str) -> Result<Option<crate::domain::License>> {
-        let key_hash = token::hash_secret(license_key);
-        if let Some(cached) = self.licenses.get(&key_hash) {
-            return Ok(cached);
-        }
-        let license = self.ledger.license_by_key_hash(&key_hash).await?;
-        self.licenses.put(&key_hash, license.clone());
+    /// A license by its key's hash from the ledger, kept in the cache for the next creates.
+    async fn read_license(&self, key_hash: &str) -> Result<Option<crate::domain::License>> {
+        let license = self.ledger.license_by_key_hash(key_hash).await?;
+        self.licenses.put(key_hash, license.clone());
         Ok(license)
     }
 

@@ -4,7 +4,8 @@
 //!   (a cluster with `SEATKEEPER_TEST_REDIS=cluster`) and one PostgreSQL database: under contention
 //!   split across them they admit exactly the limit, and two sweeps at once (one through a
 //!   runner's `cleanup-sessions`, one `seatkeeper sweep --full`) end no live session and leave
-//!   nothing for a third sweep to mend.
+//!   nothing for a third sweep to mend. A license changed through one runner binds the other at
+//!   once, whatever its license cache holds.
 //! - On a three-master cluster whatever the mode: the sweep finds due leases on every master; a
 //!   runner starts while its cluster is down and serves once it is up, and its health fails when a
 //!   master is down; a stalled master's creates answer 503 and take no seat; nothing stored on
@@ -929,4 +930,63 @@ async fn a_moving_slot_is_followed() {
     let report = app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.expect("sweep");
     assert_eq!(report.failed_slots, 0, "{report:?}");
     assert_eq!(report.orphan_seats + report.orphan_rows + report.repaired, 0, "{report:?}");
+}
+
+/// Runner B has the license in its cache (a create through it just read it) when runner A
+/// changes it. At once, before B's cache could have expired: a raised limit, an added feature and
+/// a feature added back admit through B; a lowered limit binds B's creates; a removed feature and
+/// a deleted license admit nobody through B (404 and 401, as from a runner that never cached the
+/// license), and whoever held a seat there hears so on the next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_runner_binds_the_other_at_once() {
+    let pair = Pair::start().await;
+    let [a, b] = &pair.runners;
+    let put = |features: Value| async move {
+        let r = a
+            .admin(
+                Method::PUT,
+                &format!("/api/licenses/{}", features["id"].as_str().unwrap()),
+                Some(json!({"features": features["features"]})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    let one = json!({"maxSessions": 1, "leaseTtlSeconds": 120});
+    let two = json!({"maxSessions": 2, "leaseTtlSeconds": 120});
+    let (license, key) = a.license(json!({"f": one})).await;
+    let f1 = b.create(&key, "u1", "f").await;
+    assert_eq!(f1.status, 201, "{f1:?}");
+    b.create(&key, "u2", "f").await.expect_error(409, "seat_limit_reached");
+
+    // Grown through A: B admits at once.
+    put(json!({"id": license, "features": {"f": two}})).await;
+    let f2 = b.create(&key, "u2", "f").await;
+    assert_eq!(f2.status, 201, "a raised limit, through a runner that cached the license: {f2:?}");
+    put(json!({"id": license, "features": {"f": two, "g": two}})).await;
+    let g1 = b.create(&key, "u1", "g").await;
+    assert_eq!(g1.status, 201, "an added feature, through a runner that cached the license: {g1:?}");
+
+    // Shrunk through A: B refuses at once.
+    put(json!({"id": license, "features": {"f": one, "g": two}})).await;
+    b.create(&key, "u3", "f").await.expect_error(409, "seat_limit_reached");
+    put(json!({"id": license, "features": {"f": one}})).await;
+    b.create(&key, "u2", "g").await.expect_error(404, "not_found");
+    assert_eq!(pair.live_leases(&license, "g").await, 0);
+    let h = b.heartbeat(&token(&g1.body)).await;
+    assert_eq!((h.status, h.body["error"]["reason"].as_str()), (410, Some("revoked")), "{h:?}");
+
+    // g added back: B admits to it again.
+    put(json!({"id": license, "features": {"f": one, "g": one}})).await;
+    let g2 = b.create(&key, "u2", "g").await;
+    assert_eq!(g2.status, 201, "a feature added back, through a runner that cached the license: {g2:?}");
+
+    // The license goes away: B admits nobody, and the sessions are revoked.
+    let del = a.admin(Method::DELETE, &format!("/api/licenses/{license}"), None).await;
+    assert_eq!(del.status, 200, "{del:?}");
+    b.create(&key, "u3", "f").await.expect_error(401, "unauthorized");
+    assert_eq!(pair.live_leases(&license, "f").await, 0);
+    for s in [&f1, &f2, &g2] {
+        let h = b.heartbeat(&token(&s.body)).await;
+        assert_eq!((h.status, h.body["error"]["reason"].as_str()), (410, Some("revoked")), "{h:?}");
+    }
 }

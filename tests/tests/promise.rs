@@ -385,6 +385,55 @@ async fn a_replay_records_what_it_answers_for(b: Backend) {
     assert_eq!(app.heartbeat(&minted.token).await.status, 200);
 }
 
+/// A client that fires its retries before the first attempt has answered: 24 creates with one
+/// idempotency key at once, on a license with one seat. One session, one seat, one ledger row:
+/// every answer is that session (201 once, 200 for the replays) or a 503 that changed nothing, and
+/// the seat and the row are still there and live once all have answered.
+async fn retries_in_flight_take_one_seat(b: Backend) {
+    const RETRIES: usize = 24;
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 1})).await;
+    let start = Arc::new(tokio::sync::Barrier::new(RETRIES));
+    let attempts: Vec<_> = (0..RETRIES)
+        .map(|_| {
+            let (app, key, start) = (app.clone(), key.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                app.create(&key, json!({"userId": "u1", "feature": "f", "idempotencyKey": "burst-1"})).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for a in attempts {
+        answers.push(a.await.unwrap());
+    }
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    println!("answers: {statuses:?}");
+    let created: Vec<_> = answers.iter().filter(|r| r.status == 201).collect();
+    assert_eq!(created.len(), 1, "one attempt creates: {answers:?}");
+    let sid = created[0].body["sessionId"].as_str().unwrap().to_owned();
+    for r in &answers {
+        match r.status {
+            201 | 200 => {
+                assert_eq!(r.body["sessionId"], sid.as_str(), "{r:?}");
+                assert_eq!(r.body["sessionToken"], created[0].body["sessionToken"], "{r:?}");
+                assert_eq!(r.body["seats"], json!({"limit": 1, "active": 1}), "{r:?}");
+            }
+            503 => {}
+            _ => panic!("unexpected answer to a retry: {r:?}"),
+        }
+    }
+    assert_eq!(app.lease_ids(&license, "f").await, vec![sid.clone()], "one seat");
+    assert_eq!(app.ledger_status(&sid).await.as_deref(), Some("active"));
+    let slot = Slot { license: Ident::parse("l", &license).unwrap(), feature: Ident::parse("f", "f").unwrap() };
+    assert_eq!(app.svc.ledger().active_sessions(&slot).await.unwrap().len(), 1, "one ledger row");
+    assert_eq!(app.heartbeat(created[0].body["sessionToken"].as_str().unwrap()).await.status, 200);
+    // And the sweep finds nothing to mend.
+    let report = app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.unwrap();
+    assert_eq!((report.orphan_seats, report.orphan_rows, report.expired), (0, 0, 0), "{report:?}");
+    assert_eq!(app.live_leases(&license, "f").await, 1);
+}
+
 /// A policy write that read an older license never overwrites a newer one in the seat store.
 async fn an_older_policy_never_overwrites_a_newer_one(b: Backend) {
     let app = TestApp::start(b).await;
@@ -623,6 +672,7 @@ ledger_tests!(
     one_device_holds_one_seat,
     redis_holds_no_usable_secret,
     a_replay_records_what_it_answers_for,
+    retries_in_flight_take_one_seat,
     an_older_policy_never_overwrites_a_newer_one,
     peak_counts_live_leases_only,
     ; sql_only:

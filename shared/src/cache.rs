@@ -1,11 +1,10 @@
 //! A process-wide cache of licenses by key hash: a create's license lookup without SQL.
 //!
-//! Safe to be a little stale by construction: the policy a create decides with is the newest the
-//! seat store holds (a policy carries its license version, and the admission script keeps the
-//! newer one), and a removed feature's slot refuses creates in the seat store itself. A create
-//! that a cached license would answer with "no such feature" reads the license again first (it may
-//! have been added, or its license deleted, through another instance). On this instance, license
-//! writes clear the cache at once.
+//! Safe to be stale by construction: a license carries its version, and every `PUT` writes that
+//! version into each of its features' slots in the seat store. A create with a cached license
+//! that the slot finds older (a new key, policy or removal made through another instance), or
+//! that would answer "no such feature" (added, or its license deleted, since), admits nobody and
+//! reads the license again. On this instance, license writes clear the cache at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -233,6 +233,9 @@ pub struct NewSeat<'a> {
     /// The token's secret sealed for the idempotency record (see `token::seal`): a replay can give
     /// the same token back, and Redis holds nothing usable as a credential.
     pub sealed_secret: &'a [u8; 32],
+    /// The license (and so the policy's version) came from a cache: the script answers `Stale`
+    /// rather than admit when the slot holds a newer version.
+    pub license_cached: bool,
 }
 
 /// A feature policy with the license version it comes from: only a newer one overwrites the
@@ -275,6 +278,9 @@ pub enum CreateOutcome {
     /// The feature is being removed from its license.
     Revoked,
     Rebuild,
+    /// The seat's license came from a cache and the slot holds a newer version of it: nothing was
+    /// done; read the license again.
+    Stale,
 }
 
 /// What a policy write found.
@@ -507,7 +513,7 @@ impl SeatStore {
             .arg(seat.idempotency_key.unwrap_or(""))
             .arg(idem_value);
         policy_args(&mut inv, policy);
-        inv.arg(RECORD_RETENTION_MS).arg(deadline);
+        inv.arg(RECORD_RETENTION_MS).arg(deadline).arg(if seat.license_cached { "1" } else { "0" });
         let r = Reply(self.run(inv).await?);
         Ok(match r.tag()? {
             "ok" => {
@@ -542,6 +548,7 @@ impl SeatStore {
             "idem_conflict" => CreateOutcome::IdempotencyConflict,
             "revoked" => CreateOutcome::Revoked,
             "rebuild" => CreateOutcome::Rebuild,
+            "stale" => CreateOutcome::Stale,
             // The script ran after its deadline and changed nothing; the clock estimate was off.
             "late" => {
                 self.clock.known.store(false, Ordering::Relaxed);

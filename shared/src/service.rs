@@ -132,32 +132,33 @@ impl Service {
         validate_license_key("Authorization", license_key)
             .map_err(|_| Error::Unauthorized("missing or malformed license key"))?;
         let key_hash = token::hash_secret(license_key);
-        let Some(cached) = self.licenses.get(&key_hash) else {
-            let license = self.read_license(&key_hash).await?;
-            return self.create_for(license_key, license, req).await;
-        };
-        let from_cache = cached.is_some();
-        match self.create_for(license_key, cached, req.clone()).await {
-            // The cached license may predate a change made through another instance (a feature
-            // added, or added back after its removal): before saying the feature is not there,
-            // read the license again. A deleted license then answers 401, as everywhere else.
-            // Nothing was admitted by the attempt that ended so.
-            Err(Error::NotFound(_)) if from_cache => {
-                let license = self.read_license(&key_hash).await?;
-                self.create_for(license_key, license, req).await
+        // A cached license may predate a change made through another instance: a feature added
+        // (or added back), the license deleted, its key or a policy changed. An attempt with it
+        // that would answer "no such feature", or whose slot holds a newer version of the license,
+        // admits nobody; the license is then read again and the create made with that.
+        if let Some(cached) = self.licenses.get(&key_hash) {
+            let license = cached.ok_or(Error::Unauthorized("unknown license key"))?;
+            match self.create_for(license_key, license, req.clone(), true).await {
+                Ok(Some(session)) => return Ok(session),
+                Ok(None) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
-            done => done,
         }
+        let license = self.read_license(&key_hash).await?.ok_or(Error::Unauthorized("unknown license key"))?;
+        self.create_for(license_key, license, req, false)
+            .await?
+            .ok_or_else(|| Error::seat_store("the seat store found a license read just now stale"))
     }
 
-    /// A create with the license its key named (`None`: no such key).
+    /// A create with the license its key named. `None`: the license came from the cache
+    /// (`cached`) and the seat store holds a newer version of it; nothing was done.
     async fn create_for(
         &self,
         license_key: &str,
-        license: Option<crate::domain::License>,
+        license: crate::domain::License,
         req: CreateSession,
-    ) -> Result<Session> {
-        let license = license.ok_or(Error::Unauthorized("unknown license key"))?;
+        cached: bool,
+    ) -> Result<Option<Session>> {
         tracing::Span::current().record("license", license.id.as_str());
         if req.license.as_ref().is_some_and(|l| *l != license.id) {
             return Err(Error::Forbidden("the license key does not belong to licenseId"));
@@ -176,6 +177,7 @@ impl Service {
             token_hash: &minted.hash,
             idempotency_key: idem,
             sealed_secret: &sealed,
+            license_cached: cached,
         };
         let versioned = Versioned { policy: &policy, version: license.version };
         let outcome = match self.admit(&slot, versioned, &seat).await {
@@ -273,6 +275,7 @@ impl Service {
                     ))
                 }
                 CreateOutcome::Revoked => return Err(not_found()),
+                CreateOutcome::Stale => return Ok(None),
                 CreateOutcome::Rebuild => return Err(Error::seat_store("the seat store could not be rebuilt")),
             };
         let row = SessionRow {
@@ -331,7 +334,7 @@ impl Service {
         let mut policy = policy;
         policy.max_sessions = limit;
         policy.heartbeat_interval_seconds = hb;
-        Ok(Session {
+        Ok(Some(Session {
             replay,
             token: token.token,
             session_id,
@@ -344,7 +347,7 @@ impl Service {
             policy,
             active,
             replaced_session_id: replaced,
-        })
+        }))
     }
 
     /// The admission script, once more after rebuilding a slot that lost its data.

@@ -367,6 +367,7 @@ async fn a_replay_records_what_it_answers_for(b: Backend) {
         token_hash: &minted.hash,
         idempotency_key: Some("retry-1"),
         sealed_secret: &sealed,
+        license_cached: false,
     };
     let outcome =
         app.svc.seats().create(&slot, Versioned { policy: &policy, version: l.version }, &seat).await.unwrap();
@@ -460,6 +461,7 @@ async fn an_older_policy_never_overwrites_a_newer_one(b: Backend) {
         token_hash: &minted.hash,
         idempotency_key: None,
         sealed_secret: &[0; 32],
+        license_cached: false,
     };
     let outcome =
         app.svc.seats().create(&slot, Versioned { policy: &older, version: l.version - 1 }, &seat).await.unwrap();

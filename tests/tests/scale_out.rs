@@ -934,9 +934,9 @@ async fn a_moving_slot_is_followed() {
 
 /// Runner B has the license in its cache (a create through it just read it) when runner A
 /// changes it. At once, before B's cache could have expired: a raised limit, an added feature and
-/// a feature added back admit through B; a lowered limit binds B's creates; a removed feature and
-/// a deleted license admit nobody through B (404 and 401, as from a runner that never cached the
-/// license), and whoever held a seat there hears so on the next heartbeat.
+/// a feature added back admit through B; a lowered limit binds B's creates; a removed feature, a
+/// replaced key and a deleted license admit nobody through B (404 and 401, as from a runner that
+/// never cached the license), and whoever held a seat there hears so on the next heartbeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_runner_binds_the_other_at_once() {
     let pair = Pair::start().await;
@@ -980,12 +980,26 @@ async fn a_change_through_one_runner_binds_the_other_at_once() {
     let g2 = b.create(&key, "u2", "g").await;
     assert_eq!(g2.status, 201, "a feature added back, through a runner that cached the license: {g2:?}");
 
+    // A new key through A: B refuses the old one and takes the new.
+    let new_key = format!("rotated-{}", uuid::Uuid::new_v4().simple());
+    let r = a
+        .admin(
+            Method::PUT,
+            &format!("/api/licenses/{license}"),
+            Some(json!({"key": new_key, "features": {"f": {"maxSessions": 3, "leaseTtlSeconds": 120}, "g": one}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    b.create(&key, "u3", "f").await.expect_error(401, "unauthorized");
+    let f3 = b.create(&new_key, "u3", "f").await;
+    assert_eq!(f3.status, 201, "{f3:?}");
+
     // The license goes away: B admits nobody, and the sessions are revoked.
     let del = a.admin(Method::DELETE, &format!("/api/licenses/{license}"), None).await;
     assert_eq!(del.status, 200, "{del:?}");
-    b.create(&key, "u3", "f").await.expect_error(401, "unauthorized");
+    b.create(&new_key, "u4", "f").await.expect_error(401, "unauthorized");
     assert_eq!(pair.live_leases(&license, "f").await, 0);
-    for s in [&f1, &f2, &g2] {
+    for s in [&f1, &f2, &g2, &f3] {
         let h = b.heartbeat(&token(&s.body)).await;
         assert_eq!((h.status, h.body["error"]["reason"].as_str()), (410, Some("revoked")), "{h:?}");
     }

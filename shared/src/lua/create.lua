@@ -3,7 +3,7 @@
 -- KEYS: leases, cfg, sessions, idempotency key (a placeholder when none)
 -- ARGV: prefix, sid, user, device ('' none), token hash, idempotency key ('' none), idempotency value,
 --       limit, per_user (0 none), ttl ms, hb s, res ms, on_limit, policy version, retention ms,
---       deadline ms on the server's clock (0 none)
+--       deadline ms on the server's clock (0 none), '1' when the caller's license came from a cache
 local leases, cfg, idem = KEYS[1], KEYS[2], KEYS[4]
 local prefix, sid, user, device = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local retention = tonumber(ARGV[15])
@@ -15,6 +15,11 @@ local now = now_ms()
 -- The caller stops waiting at its deadline and answers 503: a script that runs later changes nothing.
 if tonumber(ARGV[16]) > 0 and now > tonumber(ARGV[16]) then
   return {'late'}
+end
+-- A cached license may predate a change made through another instance (a new key, a removed
+-- feature): when the slot holds a newer version, the caller reads the license again and comes back.
+if ARGV[17] == '1' and tonumber(redis.call('HGET', cfg, 'ver') or '0') > tonumber(ARGV[14]) then
+  return {'stale'}
 end
 local p = apply_policy(cfg, {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]})
 if p.revoked then

@@ -738,7 +738,8 @@ impl Ledger for DynamoLedger {
                 ("updated_at".to_owned(), n(now_ms)),
             ]);
             let (created_at, version) = match &current.license {
-                None => (now_ms, 0),
+                // As in the SQL ledgers: a new license's version starts at its creation time.
+                None => (now_ms, now_ms),
                 Some(old) => (need_n(old, "created_at")?, need_n(old, "version")? + 1),
             };
             let written = License {
@@ -751,7 +752,7 @@ impl Ledger for DynamoLedger {
             let condition = match &current.license {
                 None => {
                     license.insert("created_at".to_owned(), n(now_ms));
-                    license.insert("version".to_owned(), n(0));
+                    license.insert("version".to_owned(), n(now_ms));
                     self.put(license, Some("attribute_not_exists(pk)"))?
                 }
                 Some(old) => {

@@ -710,11 +710,14 @@ impl Ledger for SqlLedger {
                 .await
             } else {
                 let key_hash = key_hash.ok_or_else(|| Error::invalid("key", "key is required"))?;
-                sqlx::query(
-                    self.sql("INSERT INTO licenses (license_id, key_hash, created_at, updated_at) VALUES (?, ?, ?, ?)"),
-                )
+                // A new license's version starts at its creation time, so that one deleted and
+                // made again under its id is newer than anything the old one left in a cache.
+                sqlx::query(self.sql(
+                    "INSERT INTO licenses (license_id, key_hash, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?)",
+                ))
                 .bind(id.as_str())
                 .bind(key_hash)
+                .bind(now_ms)
                 .bind(now_ms)
                 .bind(now_ms)
                 .execute(&mut *tx)

@@ -936,7 +936,8 @@ async fn a_moving_slot_is_followed() {
 /// changes it. At once, before B's cache could have expired: a raised limit, an added feature and
 /// a feature added back admit through B; a lowered limit binds B's creates; a removed feature, a
 /// replaced key and a deleted license admit nobody through B (404 and 401, as from a runner that
-/// never cached the license), and whoever held a seat there hears so on the next heartbeat.
+/// never cached the license), and whoever held a seat there hears so on the next heartbeat. A
+/// license deleted and made again under its id is the new one through B at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_runner_binds_the_other_at_once() {
     let pair = Pair::start().await;
@@ -1003,4 +1004,28 @@ async fn a_change_through_one_runner_binds_the_other_at_once() {
         let h = b.heartbeat(&token(&s.body)).await;
         assert_eq!((h.status, h.body["error"]["reason"].as_str()), (410, Some("revoked")), "{h:?}");
     }
+
+    // Deleted and made again under the same id, while B still holds the old one in its cache: the
+    // old key admits nobody through B, and the new license's policy is the one in force.
+    let (license, key) = a.license(json!({"f": two})).await;
+    for _ in 0..4 {
+        put(json!({"id": license, "features": {"f": two}})).await;
+    }
+    let h1 = b.create(&key, "u1", "f").await;
+    assert_eq!(h1.status, 201, "{h1:?}");
+    let del = a.admin(Method::DELETE, &format!("/api/licenses/{license}"), None).await;
+    assert_eq!(del.status, 200, "{del:?}");
+    let again_key = format!("again-{}", uuid::Uuid::new_v4().simple());
+    let r = a
+        .admin(
+            Method::PUT,
+            &format!("/api/licenses/{license}"),
+            Some(json!({"key": again_key, "features": {"f": one}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    b.create(&key, "u2", "f").await.expect_error(401, "unauthorized");
+    let h2 = b.create(&again_key, "u2", "f").await;
+    assert_eq!((h2.status, &h2.body["seats"]), (201, &json!({"limit": 1, "active": 1})), "{h2:?}");
+    b.create(&again_key, "u3", "f").await.expect_error(409, "seat_limit_reached");
 }

@@ -160,6 +160,58 @@ async fn deleting_a_license_revokes_its_sessions(b: Backend) {
     assert_eq!(report.failed_slots, 0, "{report:?}");
 }
 
+/// Creates keep arriving, from 8 clients, while the license is deleted. Whatever got a 201 is over
+/// once the delete has answered (its heartbeat is 410 `revoked`), and after one scheduled sweep no
+/// lease and no active ledger row of the license is left, however the creates fell against it.
+async fn creates_racing_a_delete_leave_nothing_behind(b: Backend) {
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 1000})).await;
+    let deleted = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (app, key, deleted) = (app.clone(), key.clone(), deleted.clone());
+            tokio::spawn(async move {
+                let mut admitted = Vec::new();
+                // Bounded: a few creates after the delete answered, then stop.
+                let mut after = 0;
+                for i in 0..2_000 {
+                    if deleted.load(Ordering::SeqCst) {
+                        after += 1;
+                        if after > 3 {
+                            break;
+                        }
+                    }
+                    let r = app.create(&key, json!({"userId": format!("u{c}-{i}"), "feature": "f"})).await;
+                    match r.status {
+                        201 => admitted.push(r.body),
+                        401 | 404 | 503 => {}
+                        _ => panic!("unexpected answer beside a delete: {r:?}"),
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = app.admin(Method::DELETE, &format!("/api/licenses/{license}"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    deleted.store(true, Ordering::SeqCst);
+    let mut admitted = Vec::new();
+    for c in clients {
+        admitted.extend(c.await.unwrap());
+    }
+    assert!(!admitted.is_empty(), "some creates got in before the delete");
+    app.svc.sweep(&SweepScope::default()).await.unwrap();
+    for s in &admitted {
+        let h = app.heartbeat(&tok(s)).await;
+        assert_eq!(h.expect_error(410, "session_expired")["reason"], "revoked", "{h:?}");
+    }
+    assert_eq!(app.all_leases(&license, "f").await, 0, "no lease left");
+    let slot = Slot { license: Ident::parse("l", &license).unwrap(), feature: Ident::parse("f", "f").unwrap() };
+    let active = app.svc.ledger().active_sessions(&slot).await.unwrap();
+    assert!(active.is_empty(), "{} active ledger rows left of {} admitted", active.len(), admitted.len());
+}
+
 /// Limit 2: A's lease ran out unseen, C took the free seat, B is live; Redis loses everything.
 /// After the rebuild, B and C keep their seats by heartbeat and A does not come back.
 async fn a_rebuild_never_admits_beyond_the_limit(b: Backend) {
@@ -665,6 +717,7 @@ async fn a_refusal_never_waits_on_the_ledger(b: Backend) {
 
 ledger_tests!(
     deleting_a_license_revokes_its_sessions,
+    creates_racing_a_delete_leave_nothing_behind,
     refusals_are_counted_once,
     removing_a_feature_revokes_its_sessions,
     a_rebuild_never_admits_beyond_the_limit,

@@ -942,15 +942,10 @@ async fn a_moving_slot_is_followed() {
 async fn a_change_through_one_runner_binds_the_other_at_once() {
     let pair = Pair::start().await;
     let [a, b] = &pair.runners;
-    let put = |features: Value| async move {
-        let r = a
-            .admin(
-                Method::PUT,
-                &format!("/api/licenses/{}", features["id"].as_str().unwrap()),
-                Some(json!({"features": features["features"]})),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{r:?}");
+    // A PUT through A of this body; answers with its status.
+    let put = |license: &str, body: Value| {
+        let path = format!("/api/licenses/{license}");
+        async move { a.admin(Method::PUT, &path, Some(body)).await.status }
     };
     let one = json!({"maxSessions": 1, "leaseTtlSeconds": 120});
     let two = json!({"maxSessions": 2, "leaseTtlSeconds": 120});
@@ -960,37 +955,31 @@ async fn a_change_through_one_runner_binds_the_other_at_once() {
     b.create(&key, "u2", "f").await.expect_error(409, "seat_limit_reached");
 
     // Grown through A: B admits at once.
-    put(json!({"id": license, "features": {"f": two}})).await;
+    assert_eq!(put(&license, json!({"features": {"f": two}})).await, 200);
     let f2 = b.create(&key, "u2", "f").await;
     assert_eq!(f2.status, 201, "a raised limit, through a runner that cached the license: {f2:?}");
-    put(json!({"id": license, "features": {"f": two, "g": two}})).await;
+    assert_eq!(put(&license, json!({"features": {"f": two, "g": two}})).await, 200);
     let g1 = b.create(&key, "u1", "g").await;
     assert_eq!(g1.status, 201, "an added feature, through a runner that cached the license: {g1:?}");
 
     // Shrunk through A: B refuses at once.
-    put(json!({"id": license, "features": {"f": one, "g": two}})).await;
+    assert_eq!(put(&license, json!({"features": {"f": one, "g": two}})).await, 200);
     b.create(&key, "u3", "f").await.expect_error(409, "seat_limit_reached");
-    put(json!({"id": license, "features": {"f": one}})).await;
+    assert_eq!(put(&license, json!({"features": {"f": one}})).await, 200);
     b.create(&key, "u2", "g").await.expect_error(404, "not_found");
     assert_eq!(pair.live_leases(&license, "g").await, 0);
     let h = b.heartbeat(&token(&g1.body)).await;
     assert_eq!((h.status, h.body["error"]["reason"].as_str()), (410, Some("revoked")), "{h:?}");
 
     // g added back: B admits to it again.
-    put(json!({"id": license, "features": {"f": one, "g": one}})).await;
+    assert_eq!(put(&license, json!({"features": {"f": one, "g": one}})).await, 200);
     let g2 = b.create(&key, "u2", "g").await;
     assert_eq!(g2.status, 201, "a feature added back, through a runner that cached the license: {g2:?}");
 
     // A new key through A: B refuses the old one and takes the new.
     let new_key = format!("rotated-{}", uuid::Uuid::new_v4().simple());
-    let r = a
-        .admin(
-            Method::PUT,
-            &format!("/api/licenses/{license}"),
-            Some(json!({"key": new_key, "features": {"f": {"maxSessions": 3, "leaseTtlSeconds": 120}, "g": one}})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    let body = json!({"key": new_key, "features": {"f": {"maxSessions": 3, "leaseTtlSeconds": 120}, "g": one}});
+    assert_eq!(put(&license, body).await, 200);
     b.create(&key, "u3", "f").await.expect_error(401, "unauthorized");
     let f3 = b.create(&new_key, "u3", "f").await;
     assert_eq!(f3.status, 201, "{f3:?}");
@@ -1009,21 +998,14 @@ async fn a_change_through_one_runner_binds_the_other_at_once() {
     // old key admits nobody through B, and the new license's policy is the one in force.
     let (license, key) = a.license(json!({"f": two})).await;
     for _ in 0..4 {
-        put(json!({"id": license, "features": {"f": two}})).await;
+        assert_eq!(put(&license, json!({"features": {"f": two}})).await, 200);
     }
     let h1 = b.create(&key, "u1", "f").await;
     assert_eq!(h1.status, 201, "{h1:?}");
     let del = a.admin(Method::DELETE, &format!("/api/licenses/{license}"), None).await;
     assert_eq!(del.status, 200, "{del:?}");
     let again_key = format!("again-{}", uuid::Uuid::new_v4().simple());
-    let r = a
-        .admin(
-            Method::PUT,
-            &format!("/api/licenses/{license}"),
-            Some(json!({"key": again_key, "features": {"f": one}})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(put(&license, json!({"key": again_key, "features": {"f": one}})).await, 201);
     b.create(&key, "u2", "f").await.expect_error(401, "unauthorized");
     let h2 = b.create(&again_key, "u2", "f").await;
     assert_eq!((h2.status, &h2.body["seats"]), (201, &json!({"limit": 1, "active": 1})), "{h2:?}");

@@ -18,10 +18,10 @@ if tonumber(ARGV[16]) > 0 and now > tonumber(ARGV[16]) then
 end
 -- A cached license may predate a change made through another instance (a new key, a removed
 -- feature): when the slot holds a newer version, the caller reads the license again and comes back.
-if ARGV[17] == '1' and tonumber(redis.call('HGET', cfg, 'ver') or '0') > tonumber(ARGV[14]) then
+local p = apply_policy(cfg, {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]}, ARGV[17] == '1')
+if p.stale then
   return {'stale'}
 end
-local p = apply_policy(cfg, {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]})
 if p.revoked then
   return {'revoked'}
 end

@@ -150,10 +150,14 @@ local function find_session(prefix, cfg, sid, token_hash)
 end
 
 -- Writes a policy into cfg unless cfg already holds a newer one (a create that read the license
--- before a PUT must not write the old policy back). Returns the policy in force.
+-- before a PUT must not write the old policy back). Returns the policy in force, or, with
+-- `stale_if_older` and a newer one in cfg, `{stale = true}` and changes nothing.
 -- `p`: limit, per_user, ttl ms, hb s, res ms, on_limit, version (strings).
-local function apply_policy(cfg, p)
+local function apply_policy(cfg, p, stale_if_older)
   local ver = redis.call('HGET', cfg, 'ver')
+  if stale_if_older and ver and tonumber(ver) > tonumber(p[7]) then
+    return {stale = true}
+  end
   if not ver or tonumber(ver) < tonumber(p[7]) then
     redis.call('HSET', cfg, 'limit', p[1], 'per_user', p[2], 'ttl', p[3], 'hb', p[4], 'res', p[5],
       'on_limit', p[6], 'ver', p[7])

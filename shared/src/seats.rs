@@ -23,6 +23,35 @@ pub fn store_hash(token_hash_hex: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The text replies in an `INFO` answer: one server's string, or a cluster's map of them.
+fn info_texts(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::BulkString(b) => out.push(String::from_utf8_lossy(b).into_owned()),
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => out.push(text.clone()),
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| info_texts(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| info_texts(v, out)),
+        _ => {}
+    }
+}
+
+/// What one server's `INFO memory` says is wrong for a seat store.
+fn memory_problems(info: &str) -> Vec<String> {
+    let field =
+        |name: &str| info.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(str::trim);
+    let mut out = Vec::new();
+    if let Some(policy) = field("maxmemory_policy").filter(|p| *p != "noeviction") {
+        out.push(format!(
+            "Redis evicts keys under memory pressure (maxmemory-policy {policy}): set it to noeviction, or live sessions lose their seats' records"
+        ));
+    }
+    let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (used, max) = (number("used_memory"), number("maxmemory"));
+    if max > 0 && used.saturating_mul(100) >= max.saturating_mul(95) {
+        out.push(format!("Redis holds {}% of its maxmemory: writes fail at the bound", used * 100 / max));
+    }
+    out
+}
+
 /// How long an ended session's record stays in Redis: long enough for late heartbeats to learn the
 /// reason and for the sweep to copy an end the ledger missed into the ledger.
 pub const RECORD_RETENTION_MS: i64 = 3_600_000;
@@ -254,7 +283,7 @@ pub enum CreateOutcome {
         expires_ms: i64,
         active: u32,
         replaced: Vec<String>,
-        evicted: Option<String>,
+        evicted: Vec<String>,
         limit: u32,
         heartbeat_interval_seconds: u32,
     },
@@ -478,12 +507,22 @@ impl SeatStore {
         Ok(crate::domain::now_ms() + self.clock.offset_ms.load(Ordering::Relaxed) + CREATE_BUDGET_MS)
     }
 
-    /// In a cluster PING goes to every master and fails unless every one answers: a master that
-    /// is down leaves its slots without an authority.
-    pub async fn ping(&self) -> Result<()> {
+    /// What makes the seat store unsafe to admit with, read from every master's `INFO memory`
+    /// (which managed services such as ElastiCache allow, unlike `CONFIG GET`): a policy that
+    /// evicts keys (a partly evicted slot ends live sessions and loses caps and takeovers), and
+    /// memory at the bound (writes fail). In a cluster `INFO` goes to every master and fails
+    /// unless every one answers: a master that is down leaves its slots without an authority.
+    pub async fn problems(&self) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(Error::seat_store)?;
-        Ok(())
+        let info: Value = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.map_err(Error::seat_store)?;
+        let mut texts = Vec::new();
+        info_texts(&info, &mut texts);
+        Ok(texts
+            .iter()
+            .flat_map(|t| memory_problems(t))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect())
     }
 
     async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Vec<Value>> {
@@ -523,8 +562,8 @@ impl SeatStore {
                     now_ms,
                     expires_ms: r.int(2)?,
                     active: r.int(3)? as u32,
-                    replaced: r.opt_str(4)?.map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default(),
-                    evicted: r.opt_str(5)?,
+                    replaced: r.ids(4)?,
+                    evicted: r.ids(5)?,
                     limit: r.int(6)? as u32,
                     heartbeat_interval_seconds: r.int(7)? as u32,
                 }
@@ -856,6 +895,10 @@ impl Reply {
             v => Some(redis::from_redis_value_ref::<String>(v).map_err(Error::seat_store)?).filter(|s| !s.is_empty()),
         })
     }
+    /// Comma-separated session ids ('' none).
+    fn ids(&self, i: usize) -> Result<Vec<String>> {
+        Ok(self.opt_str(i)?.map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default())
+    }
     fn bytes(&self, i: usize) -> Result<Vec<u8>> {
         redis::from_redis_value_ref(self.get(i)?).map_err(Error::seat_store)
     }
@@ -878,6 +921,17 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_evicting_or_full_redis_is_named() {
+        let well = "# Memory\r\nused_memory:1000\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n";
+        assert!(memory_problems(well).is_empty());
+        let lru = "used_memory:10\r\nmaxmemory:100\r\nmaxmemory_policy:allkeys-lru\r\n";
+        assert_eq!(memory_problems(lru).len(), 1);
+        assert!(memory_problems(lru)[0].contains("allkeys-lru"));
+        let full = "used_memory:96\r\nmaxmemory:100\r\nmaxmemory_policy:noeviction\r\n";
+        assert!(memory_problems(full)[0].contains("96%"));
+    }
 
     #[test]
     fn several_urls_select_a_cluster() {

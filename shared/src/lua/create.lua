@@ -45,7 +45,10 @@ end
 
 -- Device takeover: a live or still resurrectable session of the same user and device gives its
 -- seat to this one. Reads that user's sessions only.
-local replaced, replaced_live, is_replaced = {}, 0, {}
+local prov_key = prefix .. 'prov'
+local replaced, is_replaced = {}, {}
+-- Live leases and live restored leases, the sessions being replaced not counted.
+local total, prov = live_leases(prefix, now)
 if device ~= '' then
   for _, x in ipairs(user_sids(prefix, user)) do
     local e = tonumber(redis.call('ZSCORE', leases, x) or '0')
@@ -54,7 +57,10 @@ if device ~= '' then
       replaced[#replaced + 1] = {x, r, e}
       is_replaced[x] = true
       if e > now then
-        replaced_live = replaced_live + 1
+        total = total - 1
+        if redis.call('ZSCORE', prov_key, x) then
+          prov = prov - 1
+        end
       end
     end
   end
@@ -74,44 +80,57 @@ if p.per_user > 0 then
   end
 end
 
-local active = live_count(prefix, now, p.limit) - replaced_live
-local evicted = ''
-if active >= p.limit then
-  -- The least recently renewed live session: a restored one that never heartbeated since, else
-  -- the lowest lease expiry (the sessions being replaced aside).
-  local oldest, oldest_exp = false, false
-  for _, key in ipairs({prefix .. 'prov', leases}) do
-    local first = redis.call('ZRANGEBYSCORE', key, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, #replaced + 1)
-    for i = 1, #first, 2 do
-      if not is_replaced[first[i]] then
-        oldest, oldest_exp = first[i], tonumber(first[i + 1])
-        break
-      end
+-- The least recently renewed live session in `key` (the sessions being replaced aside).
+local function oldest_in(key)
+  local first = redis.call('ZRANGEBYSCORE', key, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, #replaced + 1)
+  for i = 1, #first, 2 do
+    if not is_replaced[first[i]] then
+      return first[i], tonumber(first[i + 1])
     end
-    if oldest then
+  end
+  return nil
+end
+
+local active = seats_taken(total, prov, p.limit)
+local evicted = {}
+-- Evict only when that makes room: lowering a limit never cuts sessions to below it.
+if active >= p.limit and p.on_limit == 'evict_idle' and active == p.limit then
+  -- The least recently renewed first: restored sessions that never heartbeated since the rebuild,
+  -- then the lowest lease expiry. Removing a restored session frees a seat only once every
+  -- restored session is counted, so several of those may go (sessions that could not all have
+  -- kept a seat); a confirmed one frees a seat by itself.
+  while active >= p.limit do
+    local victim, victim_exp = oldest_in(prov_key)
+    local was_prov = victim ~= nil
+    if not victim then
+      victim, victim_exp = oldest_in(leases)
+    end
+    if not victim then
       break
     end
-  end
-  -- Evict only when that makes room: lowering a limit never cuts sessions to below it.
-  if p.on_limit == 'evict_idle' and oldest and active == p.limit then
-    local victim = get_live(prefix, oldest)
-    if victim then
-      end_session(prefix, oldest, victim, 'evicted', now, oldest_exp, retention)
+    local r = get_live(prefix, victim)
+    if r then
+      end_session(prefix, victim, r, 'evicted', now, victim_exp, retention)
     else
-      redis.call('ZREM', leases, oldest)
-      redis.call('ZREM', prefix .. 'prov', oldest)
+      redis.call('ZREM', leases, victim)
+      redis.call('ZREM', prov_key, victim)
     end
-    evicted = oldest
-    active = active - 1
-  else
-    local first = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    local wait = p.ttl
-    if #first > 0 then
-      wait = tonumber(first[2]) - now
+    evicted[#evicted + 1] = victim
+    total = total - 1
+    if was_prov then
+      prov = prov - 1
     end
-    refused()
-    return {'limit', 'license', p.limit, active, wait}
+    active = seats_taken(total, prov, p.limit)
   end
+end
+if active >= p.limit then
+  local first = redis.call('ZRANGEBYSCORE', leases, '(' .. s(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  local wait = p.ttl
+  if #first > 0 then
+    wait = tonumber(first[2]) - now
+  end
+  refused()
+  return {'limit', 'license', p.limit, active, wait}
 end
 
 local ids = {}
@@ -127,4 +146,4 @@ user_add(prefix, user, sid)
 if ARGV[6] ~= '' then
   redis.call('SET', idem, ARGV[7], 'PX', s(p.ttl))
 end
-return {'ok', now, exp, active + 1, table.concat(ids, ','), evicted, p.limit, p.hb}
+return {'ok', now, exp, active + 1, table.concat(ids, ','), table.concat(evicted, ','), p.limit, p.hb}

@@ -85,16 +85,28 @@ local function user_del(prefix, user, sid)
   end
 end
 
--- Seats taken at `now`: live leases, where restored sessions not yet confirmed by a heartbeat
--- hold at most the seats the confirmed ones leave free.
-local function live_count(prefix, now, limit)
-  local total = redis.call('ZCOUNT', prefix .. 'leases', '(' .. s(now), '+inf')
-  local p = redis.call('ZCOUNT', prefix .. 'prov', '(' .. s(now), '+inf')
-  if p == 0 then
+-- Seats taken by `total` live leases of which `prov` are restored sessions not yet confirmed by a
+-- heartbeat: those hold at most the seats the confirmed ones leave free. Which restored sessions
+-- are counted is not fixed (the first to heartbeat keeps a seat), so removing one restored session
+-- frees a seat only when every restored session was counted.
+local function seats_taken(total, prov, limit)
+  if prov == 0 then
     return total
   end
-  local confirmed = total - p
-  return confirmed + math.min(p, math.max(0, limit - confirmed))
+  local confirmed = total - prov
+  return confirmed + math.min(prov, math.max(0, limit - confirmed))
+end
+
+-- Live leases and live restored leases of a slot at `now`.
+local function live_leases(prefix, now)
+  return redis.call('ZCOUNT', prefix .. 'leases', '(' .. s(now), '+inf'),
+    redis.call('ZCOUNT', prefix .. 'prov', '(' .. s(now), '+inf')
+end
+
+-- Seats taken at `now`.
+local function live_count(prefix, now, limit)
+  local total, prov = live_leases(prefix, now)
+  return seats_taken(total, prov, limit)
 end
 
 -- A user's live sessions, not counting those in the set `except`: how many, and the soonest
@@ -115,8 +127,13 @@ local function user_live(prefix, user, now, except)
   return n, soonest
 end
 
+-- How many records of ended sessions a slot keeps, beyond twice its limit: the newest ones, so
+-- that memory follows the limit, not the traffic. A late call whose record was dropped learns why
+-- from the ledger instead.
+local GONE_SPARE = 64
+
 -- Ends a session: frees its seat at once and keeps its record, with the reason and its lease
--- expiry, for `retention`.
+-- expiry, for `retention` (or until newer ends push it out of the slot's `gone` index).
 local function end_session(prefix, sid, r, reason, at, expiry, retention)
   redis.call('ZREM', prefix .. 'leases', sid)
   redis.call('ZREM', prefix .. 'prov', sid)
@@ -124,6 +141,17 @@ local function end_session(prefix, sid, r, reason, at, expiry, retention)
   user_del(prefix, r[U], sid)
   redis.call('SET', prefix .. 'x:' .. sid, cmsgpack.pack({r[U], r[D], r[TH], r[C], r[H], reason, at, expiry}),
     'PX', s(retention))
+  local gone = prefix .. 'gone'
+  redis.call('ZADD', gone, s(at), sid)
+  redis.call('PEXPIRE', gone, s(retention))
+  local keep = 2 * tonumber(redis.call('HGET', prefix .. 'cfg', 'limit') or '0') + GONE_SPARE
+  local over = redis.call('ZCARD', gone) - keep
+  if over > 0 then
+    local popped = redis.call('ZPOPMIN', gone, over)
+    for i = 1, #popped, 2 do
+      redis.call('DEL', prefix .. 'x:' .. popped[i])
+    end
+  end
 end
 
 -- Finds a session by id. Returns its record and whether it is over, or nil and the reply to give:

@@ -218,6 +218,23 @@ impl SqlLedger {
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { pool_size.min(4) } else { pool_size })
             .acquire_timeout(Duration::from_secs(3))
+            // A wait on a lock ends with an error rather than holding a request (and the writer's
+            // batch) for as long as another session keeps the lock; SQLite's busy timeout is 5 s.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let bound = match dialect {
+                        Dialect::Postgres => "SET lock_timeout = '5s'",
+                        Dialect::MySql => "SET SESSION lock_wait_timeout = 5, innodb_lock_wait_timeout = 5",
+                        Dialect::Sqlite => return Ok(()),
+                    };
+                    sqlx::raw_sql(bound).execute(conn).await.map(drop)
+                })
+            })
+            // A commit that failed can leave the driver believing its connection is still inside
+            // a transaction (SQLite rolls back by itself on a full disk, so the rollback sqlx then
+            // sends fails): every later `BEGIN` on it would fail. Such a connection is closed
+            // instead of being handed out again.
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
             .connect_lazy_with(options);
         Ok(SqlLedger { pool, dialect })
     }
@@ -660,10 +677,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
+    let started = std::time::Instant::now();
     let mut tries = 0;
     loop {
         match attempt().await {
-            Err(e) if e.is_transient() && tries < 4 => {
+            // Only conflicts that resolve at once: a busy SQLite that made its attempt wait out
+            // its busy timeout is not tried again (the caller hears it is unavailable).
+            Err(e) if e.is_transient() && tries < 4 && started.elapsed() < Duration::from_secs(1) => {
                 tries += 1;
                 let pause = 2u64.pow(tries) + rand::random_range(0..5u64);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -819,6 +839,8 @@ impl Ledger for SqlLedger {
             }
             // One row the batch could not take (recorded already, or refused) fails the whole
             // transaction: the ends then go together, and each row alone, with its own answer.
+            // A batch of one row and no other ends would only be tried again as it was.
+            Err(e) if sessions.len() == 1 && ends.is_empty() => (vec![Err(e)], Ok(Vec::new())),
             Err(e) => {
                 tracing::debug!(error = %e, rows = sessions.len(), ends = ends.len(), "batched ledger write failed; writing its parts apart");
                 let ended = if ends.is_empty() { Ok(Vec::new()) } else { self.end_sessions(ends).await };

@@ -16,9 +16,13 @@ use crate::seats::{
 use crate::token;
 use crate::writer::Writer;
 
-/// How long a create waits for its ledger row. Past it the seat is given back and the client hears
-/// 503; the sweep's grace for a seat without a row (30 s) is longer, so it never races a create.
+/// How long a create's ledger row may wait for a batch to take it. Past it the seat is given back
+/// and the client hears 503; a batch that has taken it is waited for (the ledger's lock and
+/// statement timeouts bound it). The sweep's grace for a seat without a row (30 s) is longer than
+/// both, so it never races a create.
 const LEDGER_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a logout waits for the ledger to record its end. The seat is free before it waits.
+const LEDGER_END_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Sessions of a removed feature ended per round trip.
 const REVOKE_BATCH: usize = 500;
 
@@ -90,10 +94,18 @@ pub struct LicenseWritten {
     pub generated_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Each store's health: `None` when it cannot be reached, else what is wrong with it (nothing
+/// when it is well).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
-    pub seat_store: bool,
-    pub ledger: bool,
+    pub seat_store: Option<Vec<String>>,
+    pub ledger: Option<Vec<String>>,
+}
+
+impl Health {
+    pub fn ok(&self) -> bool {
+        [&self.seat_store, &self.ledger].iter().all(|s| s.as_ref().is_some_and(Vec::is_empty))
+    }
 }
 
 impl Service {
@@ -318,15 +330,15 @@ impl Service {
             }
         } else {
             let victims: Vec<String> = ends.iter().map(|e| e.session_id.clone()).collect();
-            if let Err(e) = within_write_timeout(self.writer.insert(NewSession { row, ends })).await {
+            if let Err(e) = self.writer.insert(NewSession { row, ends }, LEDGER_WRITE_TIMEOUT).await {
                 // Nothing half-done: the seat goes back, and the sessions this create ended come
                 // back as they were, before the client hears of the failure.
                 if let Err(release) = self.seats.release(&slot, &session_id, idem, created_ms, &victims).await {
                     tracing::error!(error = %release, session_id, "could not undo a create after a failed ledger write; its lease runs out on its own");
                 }
-                // A row still queued is never written now, but one whose batch was under way when
-                // this create stopped waiting, or whose commit lost its connection, may yet be
-                // there: the next sweep compares the slot member by member and ends it.
+                // A row still queued is never written now, and a batch that took it has failed;
+                // but a commit that lost its connection may have landed all the same: the next
+                // sweep compares the slot member by member and ends the row.
                 self.mark_dirty(&slot).await;
                 return Err(e);
             }
@@ -428,9 +440,14 @@ impl Service {
     /// Records ends in the ledger after the seat store has freed the seats. The seats are free
     /// whatever happens here; an end the ledger misses is copied there by the next sweep, which
     /// the slot's dirty mark sends looking.
+    /// Waits `LEDGER_END_WAIT` at most: the caller answers then, the write goes on, and the slot
+    /// is marked so that the sweep makes sure of it.
     pub(crate) async fn record_ends(&self, slot: &Slot, ends: Vec<SessionEnd>) {
         let n = ends.len();
-        if let Err(e) = self.writer.end(ends).await {
+        let written = tokio::time::timeout(LEDGER_END_WAIT, self.writer.end(ends))
+            .await
+            .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
+        if let Err(e) = written {
             tracing::warn!(error = %e, sessions = n, "ledger missed session ends; the sweep will record them");
             self.mark_dirty(slot).await;
         }
@@ -598,8 +615,17 @@ impl Service {
     }
 
     pub async fn health(&self) -> Health {
-        let (seats, ledger) = tokio::join!(self.seats.ping(), self.ledger.ping());
-        Health { seat_store: seats.is_ok(), ledger: ledger.is_ok() }
+        let (seats, ledger) = tokio::join!(self.seats.problems(), self.ledger.ping());
+        let ledger = ledger.ok().map(|()| {
+            self.writer
+                .failing()
+                .then(|| {
+                    "the ledger refused its last write (see the log); creates answer 503 until it takes one".into()
+                })
+                .into_iter()
+                .collect()
+        });
+        Health { seat_store: seats.ok(), ledger }
     }
 
     /// Applies the ledger's migrations (`seatkeeper migrate`, and the local runner at its start).

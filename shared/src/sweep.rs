@@ -246,8 +246,19 @@ impl Service {
             match self.ledger.session(&entry.session_id).await? {
                 Some(row) if row.status == ACTIVE => {}
                 Some(row) => {
-                    // The ledger recorded an end the seat store missed: end the seat the same way.
                     let reason = EndReason::parse(&row.status).unwrap_or(EndReason::Expired);
+                    // Expiry, eviction and takeover are the seat store's own decisions: a live
+                    // lease there says it never took them, and the ledger's end is one that landed
+                    // after its create had given the seat back (a commit whose answer was lost).
+                    // The session is alive; housekeeping never ends it.
+                    if entry.expires_ms > snapshot.now_ms
+                        && matches!(reason, EndReason::Expired | EndReason::Evicted | EndReason::Replaced)
+                    {
+                        tracing::warn!(license = %slot.license, feature = %slot.feature, session_id = entry.session_id, reason = reason.as_str(), "the ledger ended a session whose lease is live; the seat stands");
+                        continue;
+                    }
+                    // The ledger recorded an end the seat store missed (an admin's or a client's,
+                    // or a removal): end the seat the same way.
                     if let EndOutcome::Ended { .. } = self.seats.end(slot, &entry.session_id, None, reason).await? {
                         report.repaired += 1;
                     }

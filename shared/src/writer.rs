@@ -8,7 +8,9 @@
 //! failed end write only delays the ledger: the sweep copies the end there from the seat store's
 //! record of it.
 
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +22,16 @@ use crate::ledger::{Ledger, NewSession, SessionEnd};
 /// brings up to 500 ends), so that a create never waits behind one huge transaction.
 const MAX_BATCH_ROWS: usize = 2_048;
 
+/// A create's row waits in the queue (`QUEUED`) until the writer takes it into a batch (`TAKEN`),
+/// or its create stops waiting for a batch (`ABANDONED`). Whichever comes first wins: a row is
+/// never written once its create has answered 503, and a create whose row is being written waits
+/// for that write's outcome, so that what it answers is what the ledger holds.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
 enum Job {
-    Insert(Box<NewSession>, oneshot::Sender<Result<()>>),
+    Insert(Box<NewSession>, Arc<AtomicU8>, oneshot::Sender<Result<()>>),
     End(Vec<SessionEnd>, oneshot::Sender<Result<usize>>),
 }
 
@@ -30,28 +40,47 @@ enum Job {
 pub struct Writer {
     ledger: Arc<dyn Ledger>,
     queue: Arc<OnceLock<mpsc::UnboundedSender<Job>>>,
+    /// Whether the latest batch failed (for `/health`: a ledger that answers reads but refuses
+    /// writes, such as a full disk, is not well).
+    failing: Arc<AtomicBool>,
 }
 
 impl Writer {
     pub fn new(ledger: Arc<dyn Ledger>) -> Self {
-        Writer { ledger, queue: Arc::new(OnceLock::new()) }
+        Writer { ledger, queue: Arc::new(OnceLock::new()), failing: Arc::default() }
+    }
+
+    /// Whether the latest batch failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     fn queue(&self) -> &mpsc::UnboundedSender<Job> {
         self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run(self.ledger.clone(), rx));
+            tokio::spawn(run(self.ledger.clone(), rx, self.failing.clone()));
             tx
         })
     }
 
-    /// Records a new session and the ends it caused; returns once they are committed.
-    pub async fn insert(&self, session: NewSession) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
+    /// Records a new session and the ends it caused; returns once they are committed. Fails if no
+    /// batch has taken the row within `queue_timeout` (the row is then never written); once a
+    /// batch has taken it, waits for that batch's outcome (the ledger's own lock and statement
+    /// timeouts bound it).
+    pub async fn insert(&self, session: NewSession, queue_timeout: Duration) -> Result<()> {
+        let (tx, mut rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         self.queue()
-            .send(Job::Insert(Box::new(session), tx))
+            .send(Job::Insert(Box::new(session), state.clone(), tx))
             .map_err(|_| Error::ledger("the ledger writer stopped"))?;
-        rx.await.map_err(|_| Error::ledger("the ledger writer stopped"))?
+        let stopped = |_| Error::ledger("the ledger writer stopped");
+        match tokio::time::timeout(queue_timeout, &mut rx).await {
+            Ok(outcome) => outcome.map_err(stopped)?,
+            Err(_) if state.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() => {
+                Err(Error::ledger("the ledger write timed out"))
+            }
+            Err(_) => rx.await.map_err(stopped)?,
+        }
     }
 
     /// Records ends of sessions whose seats are already free; returns once they are committed,
@@ -66,7 +95,7 @@ impl Writer {
 impl Job {
     fn rows(&self) -> usize {
         match self {
-            Job::Insert(s, _) => 1 + s.ends.len(),
+            Job::Insert(s, _, _) => 1 + s.ends.len(),
             Job::End(e, _) => e.len(),
         }
     }
@@ -74,7 +103,7 @@ impl Job {
 
 /// The writer task: one batch at a time, each as large as what is waiting (up to
 /// `MAX_BATCH_ROWS`).
-async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>, failing: Arc<AtomicBool>) {
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut rows = first.rows();
@@ -90,8 +119,9 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
             match job {
                 // Its create stopped waiting (timed out): it answered 503 and gave the seat back,
                 // so its row must not be written now.
-                Job::Insert(_, tx) if tx.is_closed() => {}
-                Job::Insert(s, tx) => {
+                Job::Insert(_, state, _)
+                    if state.compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_err() => {}
+                Job::Insert(s, _, tx) => {
                     inserts.push(*s);
                     insert_waiters.push(tx);
                 }
@@ -109,6 +139,7 @@ async fn run(ledger: Arc<dyn Ledger>, mut rx: mpsc::UnboundedReceiver<Job>) {
             let failed = || Error::ledger("the ledger write failed");
             (inserts.iter().map(|_| Err(failed())).collect(), Err(failed()))
         });
+        failing.store(ended.is_err() || results.iter().any(Result::is_err), Ordering::Relaxed);
         for (result, tx) in results.into_iter().zip(insert_waiters) {
             let _ = tx.send(result);
         }

@@ -329,23 +329,28 @@ fn check_head(bytes: &[u8]) -> Result<Option<(usize, Framing)>, ApiError> {
     if target.parse::<hyper::Uri>().is_err() {
         return Err(malformed(format!("{:?} is not a request target", target.chars().take(64).collect::<String>())));
     }
+    // The same rules as hyper's parser, which reads the head after this and would answer a bare
+    // 400 of its own to what it refuses.
     let mut framing = Framing::Head;
     let mut length: Option<u64> = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if req.version != Some(1) {
+                return Err(malformed("Transfer-Encoding needs HTTP/1.1".into()));
+            }
             let last = std::str::from_utf8(h.value).ok().and_then(|v| v.rsplit(',').next()).map(str::trim);
             if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
                 return Err(malformed("Transfer-Encoding must end with chunked".into()));
             }
             framing = Framing::Opaque;
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let values = std::str::from_utf8(h.value).unwrap_or("x").split(',').map(|v| v.trim().parse::<u64>());
-            for v in values {
-                match (v, length) {
-                    (Ok(n), None) => length = Some(n),
-                    (Ok(n), Some(m)) if n == m => {}
-                    _ => return Err(malformed("Content-Length is not one whole number".into())),
-                }
+            // Digits only: no sign, no list, no spaces inside.
+            let digits = !h.value.is_empty() && h.value.iter().all(u8::is_ascii_digit);
+            let value = digits.then(|| std::str::from_utf8(h.value).ok()?.parse::<u64>().ok()).flatten();
+            match (value, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Err(malformed("Content-Length is not one whole number".into())),
             }
         }
     }

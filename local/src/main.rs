@@ -176,6 +176,16 @@ async fn serve(listen: SocketAddr) -> ExitCode {
     let _ = writeln!(std::io::stdout(), "seatkeeper serving on http://{bound}");
     tracing::info!(listen = %bound, max_connections = limits.max_connections, "seatkeeper serving");
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
+    // A Redis that evicts keys can end live sessions: say so at the start (and /health says so).
+    let seats = svc.seats().clone();
+    tokio::spawn(async move {
+        match seats.problems().await {
+            Ok(problems) => problems.iter().for_each(|p| tracing::error!(problem = %p, "the seat store is not safe")),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the seat store's memory settings yet; /health reports them")
+            }
+        }
+    });
     // Ctrl-C or SIGTERM (a process manager) stop the runner.
     let shutdown = async {
         let mut term =

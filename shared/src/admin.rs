@@ -9,6 +9,8 @@ use crate::seats::EndOutcome;
 use crate::service::Service;
 use crate::sweep::{SweepReport, SweepScope};
 
+/// Most sessions the debug view lists: the live ones always, then the newest ended ones.
+const DEBUG_SESSIONS: usize = 100;
 /// How far back the debug view and force-cleanup look for a user's sessions in the ledger.
 const LOOKBACK_MS: i64 = 24 * 3_600_000;
 
@@ -44,6 +46,8 @@ pub struct DebugLicense {
 #[derive(Debug, Clone)]
 pub struct DebugView {
     pub sessions: Vec<DebugSession>,
+    /// Sessions over that were left out (the newest are shown).
+    pub omitted: u64,
     pub licenses: Vec<DebugLicense>,
 }
 
@@ -193,7 +197,16 @@ impl Service {
                 consistent: snapshot.initialized && store_ids == ledger_ids,
             });
         }
-        Ok(DebugView { sessions: sessions.into_values().collect(), licenses })
+        // Every session that holds or may hold a seat, then the newest of those that are over,
+        // up to `DEBUG_SESSIONS`: a user who made thousands of sessions today gets a page, not all.
+        let (mut shown, mut over): (Vec<DebugSession>, Vec<DebugSession>) =
+            sessions.into_values().partition(|s| s.in_seat_store || s.status == ACTIVE);
+        over.sort_by_key(|s| std::cmp::Reverse(s.created_ms));
+        let room = DEBUG_SESSIONS.saturating_sub(shown.len());
+        let omitted = over.len().saturating_sub(room) as u64;
+        shown.extend(over.into_iter().take(room));
+        shown.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Ok(DebugView { sessions: shown, omitted, licenses })
     }
 
     /// The sweep and a full reconciliation for one license, now.

@@ -295,12 +295,18 @@ pub async fn dispatch(svc: &Service, req: Request) -> Response<Body> {
         .filter(|r| r.path.split('/').count() == segments)
         .filter_map(|r| Some((r, match_template(r.path, &path)?)))
         .collect();
-    let best = matching.iter().map(|(r, _)| literal_segments(r.path)).max();
-    matching.retain(|(r, _)| Some(literal_segments(r.path)) == best);
-    let served = matching
-        .iter()
-        .position(|(r, _)| r.method == req.method())
-        .or_else(|| matching.iter().position(|(r, _)| serves(r.method.clone(), req.method())));
+    // Of the routes that serve this method, the most literal template wins: `POST
+    // /api/licenses/sessions` creates a session, `PUT` on the same path writes the license named
+    // `sessions` (as API Gateway picks a route by method and path together).
+    let pick = |exact: bool| {
+        matching
+            .iter()
+            .enumerate()
+            .filter(|(_, (r, _))| if exact { r.method == req.method() } else { serves(r.method.clone(), req.method()) })
+            .max_by_key(|(_, (r, _))| literal_segments(r.path))
+            .map(|(i, _)| i)
+    };
+    let served = pick(true).or_else(|| pick(false));
     let candidates: Vec<&Route> = matching.iter().map(|(r, _)| *r).collect();
     let resp = match served {
         Some(i) => {
@@ -603,7 +609,7 @@ async fn create_session(svc: &Service, req: &Request) -> ApiResult {
                 let Value::String(v) = v else {
                     return Err(Error::invalid("metadata", format!("metadata.{k} must be a string")).into());
                 };
-                if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+                if k.is_empty() || k.chars().count() > 128 || v.chars().count() > 1024 {
                     return Err(Error::invalid(
                         "metadata",
                         "metadata keys are 1 to 128 characters and values at most 1024",
@@ -646,12 +652,15 @@ async fn create_session(svc: &Service, req: &Request) -> ApiResult {
 }
 
 /// A session token from the Authorization header or, for keepalive fetches and beacons, the body.
+/// A header that carries some other credential (a page's own auth, sent along by a keepalive
+/// `fetch`) gives way to the body's token.
 fn session_token(req: &Request) -> Result<String, ApiError> {
-    if let Some(t) = bearer(req) {
+    let header = bearer(req);
+    if let Some(t) = header.filter(|t| crate::token::parse_session_token(t).is_some()) {
         return Ok(t.to_owned());
     }
     let body = body_object(req)?;
-    opt_str(&body, "sessionToken")?.map(str::to_owned).ok_or_else(|| {
+    opt_str(&body, "sessionToken")?.or(header).map(str::to_owned).ok_or_else(|| {
         Error::Unauthorized("missing session token: use Authorization: Bearer <sessionToken> or {\"sessionToken\"}")
             .into()
     })
@@ -736,13 +745,21 @@ async fn get_license(svc: &Service, req: &Request, params: &BTreeMap<String, Str
 
 async fn health(svc: &Service) -> ApiResult {
     let h = svc.health().await;
-    let word = |up: bool| if up { "ok" } else { "down" };
-    let body = json!({
-        "status": if h.seat_store && h.ledger { "ok" } else { "degraded" },
-        "seatStore": word(h.seat_store),
-        "ledger": word(h.ledger),
+    let word = |s: &Option<Vec<String>>| match s {
+        None => "down",
+        Some(p) if p.is_empty() => "ok",
+        Some(_) => "degraded",
+    };
+    let mut body = json!({
+        "status": if h.ok() { "ok" } else { "degraded" },
+        "seatStore": word(&h.seat_store),
+        "ledger": word(&h.ledger),
     });
-    if h.seat_store && h.ledger {
+    let problems: Vec<&String> = [&h.seat_store, &h.ledger].into_iter().flatten().flatten().collect();
+    if !problems.is_empty() {
+        body["problems"] = json!(problems);
+    }
+    if h.ok() {
         json_ok(body)
     } else {
         let mut resp = json_response(StatusCode::SERVICE_UNAVAILABLE, body);

@@ -590,7 +590,8 @@ async fn bad_input_gets_the_contract_errors(b: Backend) {
 
     // Routes and methods.
     for (method, path, allow) in [
-        (Method::GET, SESSIONS, "POST"),
+        // Every route on the path is named: `/api/licenses/sessions` is also the license `sessions`.
+        (Method::PATCH, SESSIONS, "POST, PUT, GET, DELETE"),
         (Method::PUT, HEARTBEAT, "POST"),
         (Method::GET, CLEANUP, "POST"),
         (Method::DELETE, "/health", "GET"),
@@ -755,6 +756,55 @@ async fn license_routes_create_update_and_read(b: Backend) {
     assert_eq!(app.create_ok(&key, "u4").await["seats"], json!({"limit": 1, "active": 1}));
 }
 
+// ---- 16b. what a careless client sends ----
+
+/// A keepalive `fetch` from a page can carry the page's own `Authorization`: the body's session
+/// token is then the credential, and the logout is not lost.
+async fn a_foreign_authorization_gives_way_to_the_body_token(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (_license, key) = app.simple_license(json!({"maxSessions": 2})).await;
+    let s = app.create_ok(&key, "u1").await;
+    let body = json!({"sessionToken": s["sessionToken"]});
+    let beat = app.request(Method::POST, HEARTBEAT, Some("the-page-own-jwt"), Some(body.clone())).await;
+    assert_eq!(beat.status, 200, "{beat:?}");
+    let r = app.request(Method::POST, CLEANUP, Some("the-page-own-jwt"), Some(body)).await;
+    assert_eq!((r.status, r.body.clone()), (200, json!({"ended": true})), "{r:?}");
+    // With no token in the body, the foreign credential is what was sent: unknown.
+    let r = app.request(Method::POST, CLEANUP, Some("the-page-own-jwt"), Some(json!({}))).await;
+    client_error("foreign credential alone", &r, 401, "unauthorized");
+}
+
+/// `sessions` and `cleanup-sessions` are valid license ids: the routes on their paths that take
+/// other methods are the license's own.
+async fn the_route_paths_are_license_ids_too(b: Backend) {
+    let app = TestApp::start(b).await;
+    for id in ["sessions", "cleanup-sessions"] {
+        let path = format!("/api/licenses/{id}");
+        let put = app.admin(Method::PUT, &path, Some(json!({"features": {"f": {"maxSessions": 1}}}))).await;
+        assert_eq!(put.status, 201, "{id}: {put:?}");
+        let get = app.admin(Method::GET, &path, None).await;
+        assert_eq!((get.status, &get.body["licenseId"]), (200, &json!(id)), "{id}: {get:?}");
+        let key = put.body["key"].as_str().unwrap();
+        let s = app.create_ok(key, "u1").await;
+        assert_eq!(s["licenseId"], id);
+        let del = app.admin(Method::DELETE, &path, None).await;
+        assert_eq!((del.status, &del.body["ended"]), (200, &json!(1)), "{id}: {del:?}");
+    }
+}
+
+/// Metadata keys are 1 to 128 characters and values at most 1024, counted in characters.
+async fn metadata_is_bounded_in_characters(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (_license, key) = app.simple_license(json!({"maxSessions": 5})).await;
+    let with = |k: String, v: String| json!({"userId": "u1", "feature": "f", "metadata": {k: v}});
+    let r = app.create(&key, with("é".repeat(128), "ü".repeat(1024))).await;
+    assert_eq!(r.status, 201, "128 two-byte characters are 128 characters: {r:?}");
+    let r = app.create(&key, with("é".repeat(129), "v".into())).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "metadata", "{r:?}");
+    let r = app.create(&key, with("k".into(), "ü".repeat(1025))).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "metadata", "{r:?}");
+}
+
 // ---- 17. health ----
 
 async fn health_reports_both_stores(b: Backend) {
@@ -766,6 +816,9 @@ async fn health_reports_both_stores(b: Backend) {
 }
 
 ledger_tests!(
+    a_foreign_authorization_gives_way_to_the_body_token,
+    the_route_paths_are_license_ids_too,
+    metadata_is_bounded_in_characters,
     seats_fill_then_the_next_create_is_refused,
     an_expired_lease_frees_its_seat_without_a_sweep,
     heartbeats_keep_a_session_alive_across_lease_lengths,

@@ -715,12 +715,182 @@ async fn a_refusal_never_waits_on_the_ledger(b: Backend) {
     app.proxy.as_ref().unwrap().restore();
 }
 
+/// Limit 2: P's lease ran out unseen; A and B live; Redis loses everything; A and B heartbeat, so
+/// the rebuild's restored P holds no seat. P's own user and device come back: taking P over must
+/// not count P's seat as freed (it held none). Refused, and A and B keep theirs.
+async fn a_takeover_of_an_uncounted_restored_session_admits_nobody(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 2})).await;
+    let p = app.create(&key, json!({"userId": "up", "feature": "f", "deviceId": "dp"})).await;
+    assert_eq!(p.status, 201, "{p:?}");
+    app.lapse_seat(&license, "f", &sid(&p.body), 1_000).await;
+    let a = app.create_ok(&key, "ua").await;
+    let b_ = app.create_ok(&key, "ub").await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut app.redis_conn().await).await.unwrap();
+    assert_eq!(app.heartbeat(&tok(&a)).await.status, 200);
+    assert_eq!(app.heartbeat(&tok(&b_)).await.status, 200);
+    let again = app.create(&key, json!({"userId": "up", "feature": "f", "deviceId": "dp"})).await;
+    assert_eq!(again.expect_error(409, "seat_limit_reached")["active"], 2, "{again:?}");
+    assert_eq!(app.heartbeat(&tok(&a)).await.status, 200);
+    assert_eq!(app.heartbeat(&tok(&b_)).await.status, 200);
+    let stats = app.admin(Method::GET, &format!("/api/licenses/{license}/session-stats"), None).await;
+    assert_eq!(stats.body["features"]["f"]["active"], 2, "{stats:?}");
+}
+
+/// The same with `evict_idle` and a new user: evicting the uncounted restored P frees nothing, so
+/// the least recently renewed confirmed session goes too. Two seats, two live sessions.
+async fn an_eviction_after_a_rebuild_never_admits_beyond_the_limit(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 2, "onLimit": "evict_idle"})).await;
+    let p = app.create_ok(&key, "up").await;
+    app.lapse_seat(&license, "f", &sid(&p), 1_000).await;
+    let a = app.create_ok(&key, "ua").await;
+    let b_ = app.create_ok(&key, "ub").await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut app.redis_conn().await).await.unwrap();
+    assert_eq!(app.heartbeat(&tok(&a)).await.status, 200);
+    assert_eq!(app.heartbeat(&tok(&b_)).await.status, 200);
+    let c = app.create(&key, json!({"userId": "uc", "feature": "f"})).await;
+    assert_eq!((c.status, &c.body["seats"]["active"]), (201, &json!(2)), "{c:?}");
+    let mut live = 0;
+    for s in [&p, &a, &b_, &c.body] {
+        let h = app.heartbeat(&tok(s)).await;
+        match h.status {
+            200 => live += 1,
+            _ => assert_eq!(h.expect_error(410, "session_expired")["reason"], "evicted", "{h:?}"),
+        }
+    }
+    assert_eq!(live, 2, "two seats, two live sessions");
+    let stats = app.admin(Method::GET, &format!("/api/licenses/{license}/session-stats"), None).await;
+    assert_eq!(stats.body["features"]["f"]["active"], 2, "{stats:?}");
+}
+
+/// Limit 2, evict_idle, A and B live; the ledger is locked for 11 s while creates C, D and E
+/// arrive 2 s apart, each evicting the least recently renewed. Whatever each is answered, and
+/// through sweeps after, never more than two sessions heartbeat, and the ledger ends up holding
+/// exactly the live ones.
+async fn creates_answered_503_never_leave_more_than_the_limit(b: Backend) {
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 2, "onLimit": "evict_idle"})).await;
+    let a = app.create_ok(&key, "ua").await;
+    let b_ = app.create_ok(&key, "ub").await;
+    let lock = app.lock_sessions().await;
+    let mut creates = Vec::new();
+    for user in ["uc", "ud", "ue"] {
+        let (app, key) = (app.clone(), key.clone());
+        creates.push(tokio::spawn(async move { app.create(&key, json!({"userId": user, "feature": "f"})).await }));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    app.unlock_sessions(lock).await;
+    let mut tokens = vec![tok(&a), tok(&b_)];
+    for c in creates {
+        let r = c.await.unwrap();
+        match r.status {
+            201 => tokens.push(tok(&r.body)),
+            _ => {
+                r.expect_error(503, "store_unavailable");
+            }
+        }
+    }
+    for round in 0..3 {
+        app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.unwrap();
+        let mut live = Vec::new();
+        for t in &tokens {
+            if app.heartbeat(t).await.status == 200 {
+                live.push(t.clone());
+            }
+        }
+        assert!(live.len() <= 2, "round {round}: {} sessions heartbeat on a limit of 2", live.len());
+        assert!(app.live_leases(&license, "f").await <= 2, "round {round}");
+        tokens = live;
+    }
+    let slot = Slot { license: Ident::parse("l", &license).unwrap(), feature: Ident::parse("f", "f").unwrap() };
+    let active = app.svc.ledger().active_sessions(&slot).await.unwrap();
+    assert_eq!(active.len(), tokens.len(), "the ledger holds the live sessions: {active:?}");
+}
+
+/// A create that takes over A's device waits on a locked ledger and is answered 503: A is back,
+/// and neither a late commit nor the sweeps after it end A, which heartbeats on time.
+async fn a_takeover_answered_503_leaves_its_victim_alive(b: Backend) {
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 2})).await;
+    let a = app.create(&key, json!({"userId": "ua", "feature": "f", "deviceId": "da"})).await;
+    assert_eq!(a.status, 201);
+    app.create_ok(&key, "ub").await;
+    let lock = app.lock_sessions().await;
+    let c = {
+        let (app, key) = (app.clone(), key.clone());
+        tokio::spawn(async move { app.create(&key, json!({"userId": "ua", "feature": "f", "deviceId": "da"})).await })
+    };
+    let c = c.await.unwrap();
+    c.expect_error(503, "store_unavailable");
+    app.unlock_sessions(lock).await;
+    for _ in 0..2 {
+        app.svc.sweep(&SweepScope { full: true, ..Default::default() }).await.unwrap();
+        let h = app.heartbeat(&tok(&a.body)).await;
+        assert_eq!(h.status, 200, "A keeps its seat: {h:?}");
+    }
+    assert_eq!(app.ledger_status(&sid(&a.body)).await.as_deref(), Some("active"));
+    assert_eq!(app.live_leases(&license, "f").await, 2);
+}
+
+/// One license of limit 1, one user and one device, 400 creates each taking the last one's seat
+/// over: the records of the sessions that ended stay bounded by the limit (2 x 1 + 64), not by
+/// the traffic, and `debug` lists a bounded page of them.
+async fn redis_memory_follows_the_limit_not_the_traffic(b: Backend) {
+    let app = TestApp::start(b).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 1})).await;
+    for _ in 0..400 {
+        let r = app.create(&key, json!({"userId": "u1", "feature": "f", "deviceId": "d1"})).await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let records: usize =
+        app.redis.keys_by_master(&TestApp::seat_key(&license, "f", "x:*")).await.iter().map(Vec::len).sum();
+    assert!(records <= 66, "{records} records of ended sessions kept for a limit of 1");
+    let debug = app.admin(Method::GET, "/api/licenses/sessions/debug?userId=u1&feature=f", None).await;
+    assert_eq!(debug.status, 200, "{debug:?}");
+    let listed = debug.body["sessions"].as_array().unwrap().len() as u64;
+    assert_eq!(listed, 100, "{debug:?}");
+    assert_eq!(listed + debug.body["omittedSessions"].as_u64().unwrap(), 400);
+}
+
+/// A logout while the ledger is locked frees the seat and answers without waiting for the lock:
+/// its end reaches the ledger later (its slot is marked for the sweep).
+async fn a_logout_never_waits_out_the_ledger(b: Backend) {
+    let app = Arc::new(TestApp::start(b).await);
+    let (license, key) = app.simple_license(json!({"maxSessions": 2})).await;
+    let s = app.create_ok(&key, "u1").await;
+    let lock = app.lock_sessions().await;
+    let logout = {
+        let (app, token) = (app.clone(), tok(&s));
+        tokio::spawn(async move { app.cleanup(&token).await })
+    };
+    // The lock is held far longer than a logout may wait; the answer comes while it is held.
+    let mut answered = None;
+    for _ in 0..120 {
+        if logout.is_finished() {
+            answered = Some(logout.await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answered = answered.expect("the logout answered while the ledger was locked");
+    assert_eq!(answered.body, json!({"ended": true}), "{answered:?}");
+    assert_eq!(app.live_leases(&license, "f").await, 0);
+    app.unlock_sessions(lock).await;
+    app.svc.sweep(&SweepScope::default()).await.unwrap();
+    assert_eq!(app.ledger_status(&sid(&s)).await.as_deref(), Some("ended"));
+}
+
 ledger_tests!(
     deleting_a_license_revokes_its_sessions,
     creates_racing_a_delete_leave_nothing_behind,
     refusals_are_counted_once,
     removing_a_feature_revokes_its_sessions,
     a_rebuild_never_admits_beyond_the_limit,
+    a_takeover_of_an_uncounted_restored_session_admits_nobody,
+    an_eviction_after_a_rebuild_never_admits_beyond_the_limit,
+    redis_memory_follows_the_limit_not_the_traffic,
     restored_sessions_confirm_first_come_first_served,
     a_503_takes_no_seat,
     logout_sticks,
@@ -744,6 +914,9 @@ ledger_tests!(
     // Likewise.
     a_create_that_timed_out_keeps_nothing,
     a_replay_never_answers_for_a_seat_given_back,
+    creates_answered_503_never_leave_more_than_the_limit,
+    a_takeover_answered_503_leaves_its_victim_alive,
+    a_logout_never_waits_out_the_ledger,
 );
 
 /// Scenarios that cut the ledger's connection off: PostgreSQL and MySQL (SQLite has none).

@@ -38,6 +38,7 @@ pub async fn debug(svc: &Service, req: &Request) -> ApiResult {
             "inSeatStore": s.in_seat_store,
             "inLedger": s.in_ledger,
         })).collect::<Vec<_>>(),
+        "omittedSessions": view.omitted,
         "licenses": view.licenses.iter().map(|l| json!({
             "licenseId": l.license,
             "limit": l.limit,

@@ -320,7 +320,14 @@ pub async fn dispatch(svc: &Service, req: Request) -> Response<Body> {
         None => {
             let methods: Vec<Method> = candidates.iter().map(|r| r.method.clone()).collect();
             let resp = if req.method() == Method::OPTIONS {
-                options(svc, &req, &methods)
+                // A preflight names the methods of the path's own template, as its function does.
+                let best = candidates.iter().map(|r| literal_segments(r.path)).max();
+                let own: Vec<Method> = candidates
+                    .iter()
+                    .filter(|r| Some(literal_segments(r.path)) == best)
+                    .map(|r| r.method.clone())
+                    .collect();
+                options(svc, &req, &own)
             } else {
                 method_not_allowed(&req, &methods)
             };

@@ -596,10 +596,10 @@ async fn a_crash_between_the_stores_is_repaired(b: Backend) {
     assert_eq!(app.all_leases(&license, "f").await, 0);
 }
 
-/// Creates whose ledger write waits past its bound (10 s) hear 503 and keep nothing: the one whose
-/// row was still queued is never written once the ledger is back; the one whose batch was under
-/// way may land then, and the next sweep ends it (its slot was marked for comparison). No seat
-/// stays taken either way.
+/// Creates whose ledger write cannot go through hear 503 and keep nothing: the one whose batch
+/// waited out the ledger's lock timeout failed with it; the one whose row was still queued when its
+/// bound ran out is never written once the ledger is back. Were a commit to land unseen, the next
+/// sweep would end its row (its slot was marked for comparison). No seat stays taken either way.
 async fn a_create_that_timed_out_keeps_nothing(b: Backend) {
     let app = Arc::new(TestApp::start(b).await);
     let (license, key) = app.simple_license(json!({"maxSessions": 5})).await;

@@ -130,6 +130,9 @@ if active >= p.limit then
     wait = tonumber(first[2]) - now
   end
   refused()
+  if #evicted > 0 then
+    trim_gone(prefix, retention)
+  end
   return {'limit', 'license', p.limit, active, wait}
 end
 
@@ -137,6 +140,10 @@ local ids = {}
 for _, v in ipairs(replaced) do
   end_session(prefix, v[1], v[2], 'replaced', now, v[3], retention)
   ids[#ids + 1] = v[1]
+end
+
+if #ids > 0 or #evicted > 0 then
+  trim_gone(prefix, retention)
 end
 
 local exp = now + p.ttl

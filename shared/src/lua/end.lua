@@ -17,4 +17,5 @@ if e <= now and now - e >= res and ARGV[4] ~= 'force_ended' then
   return {'over', 'expired'}
 end
 end_session(prefix, sid, r, ARGV[4], now, e, tonumber(ARGV[5]))
+trim_gone(prefix, tonumber(ARGV[5]))
 return {'ended', now, r[H]}

@@ -17,4 +17,7 @@ for i = 3, #ARGV do
     n = n + 1
   end
 end
+if n > 0 then
+  trim_gone(ARGV[1], tonumber(ARGV[2]))
+end
 return n

@@ -18,6 +18,7 @@ local e, ttl, res = tonumber(redis.call('ZSCORE', leases, sid) or 0), tonumber(c
 local limit, per_user = tonumber(c[4]), tonumber(c[5])
 if c[6] then
   end_session(prefix, sid, r, 'revoked', now, e, tonumber(ARGV[4]))
+  trim_gone(prefix, tonumber(ARGV[4]))
   return {'gone', 'revoked'}
 end
 local resurrected = 0
@@ -27,6 +28,7 @@ if e > now and redis.call('ZSCORE', prefix .. 'prov', sid) then
     - redis.call('ZCOUNT', prefix .. 'prov', '(' .. s(now), '+inf')
   if confirmed >= limit then
     end_session(prefix, sid, r, 'expired', now, e, tonumber(ARGV[4]))
+    trim_gone(prefix, tonumber(ARGV[4]))
     return {'gone', 'expired'}
   end
 elseif e <= now then

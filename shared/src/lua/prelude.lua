@@ -133,7 +133,8 @@ end
 local GONE_SPARE = 64
 
 -- Ends a session: frees its seat at once and keeps its record, with the reason and its lease
--- expiry, for `retention` (or until newer ends push it out of the slot's `gone` index).
+-- expiry, for `retention` (or until newer ends push it out: see `trim_gone`, which every script
+-- that ends sessions calls once before it returns).
 local function end_session(prefix, sid, r, reason, at, expiry, retention)
   redis.call('ZREM', prefix .. 'leases', sid)
   redis.call('ZREM', prefix .. 'prov', sid)
@@ -141,9 +142,12 @@ local function end_session(prefix, sid, r, reason, at, expiry, retention)
   user_del(prefix, r[U], sid)
   redis.call('SET', prefix .. 'x:' .. sid, cmsgpack.pack({r[U], r[D], r[TH], r[C], r[H], reason, at, expiry}),
     'PX', s(retention))
+  redis.call('ZADD', prefix .. 'gone', s(at), sid)
+end
+
+-- Drops the oldest records of ended sessions beyond 2 x limit + GONE_SPARE.
+local function trim_gone(prefix, retention)
   local gone = prefix .. 'gone'
-  redis.call('ZADD', gone, s(at), sid)
-  redis.call('PEXPIRE', gone, s(retention))
   local keep = 2 * tonumber(redis.call('HGET', prefix .. 'cfg', 'limit') or '0') + GONE_SPARE
   local over = redis.call('ZCARD', gone) - keep
   if over > 0 then
@@ -152,6 +156,7 @@ local function end_session(prefix, sid, r, reason, at, expiry, retention)
       redis.call('DEL', prefix .. 'x:' .. popped[i])
     end
   end
+  redis.call('PEXPIRE', gone, s(retention))
 end
 
 -- Finds a session by id. Returns its record and whether it is over, or nil and the reply to give:

@@ -18,6 +18,9 @@ for i = 1, #batch, 2 do
     redis.call('ZREM', leases, batch[i])
   end
 end
+if #out > 0 then
+  trim_gone(prefix, tonumber(ARGV[2]))
+end
 if #batch == 0 then
   redis.call('DEL', cfg, leases, KEYS[3], prefix .. 'prov', prefix .. 'u')
 end

@@ -839,8 +839,6 @@ impl Ledger for SqlLedger {
             }
             // One row the batch could not take (recorded already, or refused) fails the whole
             // transaction: the ends then go together, and each row alone, with its own answer.
-            // A batch of one row and no other ends would only be tried again as it was.
-            Err(e) if sessions.len() == 1 && ends.is_empty() => (vec![Err(e)], Ok(Vec::new())),
             Err(e) => {
                 tracing::debug!(error = %e, rows = sessions.len(), ends = ends.len(), "batched ledger write failed; writing its parts apart");
                 let ended = if ends.is_empty() { Ok(Vec::new()) } else { self.end_sessions(ends).await };

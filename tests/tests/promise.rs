@@ -840,10 +840,21 @@ async fn a_takeover_answered_503_leaves_its_victim_alive(b: Backend) {
 async fn redis_memory_follows_the_limit_not_the_traffic(b: Backend) {
     let app = TestApp::start(b).await;
     let (license, key) = app.simple_license(json!({"maxSessions": 1})).await;
-    for _ in 0..400 {
+    // moto answers a write 503 now and then under load: such a create changed nothing; go on.
+    let mut created = 0;
+    for _ in 0..600 {
         let r = app.create(&key, json!({"userId": "u1", "feature": "f", "deviceId": "d1"})).await;
-        assert_eq!(r.status, 201, "{r:?}");
+        match r.status {
+            201 => created += 1,
+            _ => {
+                r.expect_error(503, "store_unavailable");
+            }
+        }
+        if created == 400 {
+            break;
+        }
     }
+    assert_eq!(created, 400);
     let records: usize =
         app.redis.keys_by_master(&TestApp::seat_key(&license, "f", "x:*")).await.iter().map(Vec::len).sum();
     assert!(records <= 66, "{records} records of ended sessions kept for a limit of 1");

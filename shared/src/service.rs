@@ -438,10 +438,9 @@ impl Service {
     }
 
     /// Records ends in the ledger after the seat store has freed the seats. The seats are free
-    /// whatever happens here; an end the ledger misses is copied there by the next sweep, which
-    /// the slot's dirty mark sends looking.
-    /// Waits `LEDGER_END_WAIT` at most: the caller answers then, the write goes on, and the slot
-    /// is marked so that the sweep makes sure of it.
+    /// whatever happens here; an end the ledger misses, or that takes longer than
+    /// `LEDGER_END_WAIT` (the caller answers then, and the write goes on), marks the slot so that
+    /// the next sweep copies it there.
     pub(crate) async fn record_ends(&self, slot: &Slot, ends: Vec<SessionEnd>) {
         let n = ends.len();
         let written = tokio::time::timeout(LEDGER_END_WAIT, self.writer.end(ends))

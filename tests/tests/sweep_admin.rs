@@ -691,8 +691,10 @@ async fn sweep_cost_follows_what_is_due(b: Backend) {
     assert!(n("hget") <= 3 * DUE as u64 + 10, "record reads follow the due count: {calls:?}");
     assert_eq!(n("zrange"), 0, "no full read of a slot: {calls:?}");
     assert_eq!(n("hgetall") + n("hvals"), 0, "no read of a whole sessions hash: {calls:?}");
-    let total: u64 =
-        calls.iter().filter(|(k, _)| k.as_str() != "info" && k.as_str() != "config|resetstat").map(|(_, v)| v).sum();
+    // Connection setup (a script load, a ping and the slot map per node) is per node, not per lease:
+    // a three-master cluster triples it, so it is left out of the per-lease total.
+    let setup = ["info", "config|resetstat", "script|load", "ping", "cluster|slots"];
+    let total: u64 = calls.iter().filter(|(k, _)| !setup.contains(&k.as_str())).map(|(_, v)| v).sum();
     assert!(total < 10 * DUE as u64 + 50, "{total} commands for {DUE} due leases beside {LIVE} live: {calls:?}");
 
     // A full pass, by contrast, reads every live session (this is what the count check avoids).

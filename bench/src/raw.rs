@@ -11,10 +11,10 @@ use seatkeeper_core::seats::RECORD_RETENTION_MS;
 use crate::infra::Backend;
 
 /// The scripts as seats.rs builds them: the prelude, then the operation.
-pub const PRELUDE: &str = include_str!("../../shared/src/lua/prelude.lua");
-pub const CREATE: &str = include_str!("../../shared/src/lua/create.lua");
-pub const HEARTBEAT: &str = include_str!("../../shared/src/lua/heartbeat.lua");
-pub const END: &str = include_str!("../../shared/src/lua/end.lua");
+pub const PRELUDE: &str = include_str!("../../shared/src/seats/lua/prelude.lua");
+pub const CREATE: &str = include_str!("../../shared/src/seats/lua/create.lua");
+pub const HEARTBEAT: &str = include_str!("../../shared/src/seats/lua/heartbeat.lua");
+pub const END: &str = include_str!("../../shared/src/seats/lua/end.lua");
 
 #[derive(Clone)]
 pub struct Shas {

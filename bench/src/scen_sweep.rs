@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use seatkeeper_core::sweep::{SweepReport, SweepScope};
+use seatkeeper_core::ops::sweep::{SweepReport, SweepScope};
 
 use crate::infra::{
     command_counts, database, info_field, ledger_backend, pool, progress, reset_stats, Cpu, Database, RedisServer,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use lambda_http::{service_fn, Error, Request};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use seatkeeper_core::http::{handle, Op};
-use seatkeeper_core::sweep::{SweepReport, SweepScope};
+use seatkeeper_core::ops::sweep::{SweepReport, SweepScope};
 use seatkeeper_core::{telemetry, Config, Service};
 use serde_json::Value;
 

@@ -15,7 +15,7 @@ use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use seatkeeper_core::http::{dispatch, with_cors, ApiError, MAX_BODY_BYTES};
 use seatkeeper_core::lambda_body::{Body, Request};
-use seatkeeper_core::sweep::SweepScope;
+use seatkeeper_core::ops::sweep::SweepScope;
 use seatkeeper_core::Service;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -445,7 +445,7 @@ pub async fn sweep_every(svc: Service, interval: Duration) {
 }
 
 /// One sweep with its structured summary and metrics line; `None` when it could not run.
-pub async fn run_sweep(svc: &Service, scope: &SweepScope) -> Option<seatkeeper_core::sweep::SweepReport> {
+pub async fn run_sweep(svc: &Service, scope: &SweepScope) -> Option<seatkeeper_core::ops::sweep::SweepReport> {
     match svc.sweep(scope).await {
         Ok(report) => {
             tracing::info!(

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use reqwest::Method;
 use seatkeeper_core::domain::Ident;
-use seatkeeper_core::sweep::SweepScope;
+use seatkeeper_core::ops::sweep::SweepScope;
 use seatkeeper_core::{Config, Service};
 use seatkeeper_local::admin::{enc, exit, render, CallError, Client};
 use serde_json::{json, Map, Value};

@@ -1,29 +1,32 @@
-//! seatkeeper's core: concurrent-session ("seat") limits as leases.
+//! seatkeeper's core: concurrent-session ("seat") limits as leases. One folder per layer, each
+//! depending only on the ones above it in this list:
 //!
-//! - [`domain`]: identifiers, policies, reasons (pure logic).
-//! - [`seats`]: the seat store on Redis, the authority on seats (one Lua script per operation).
-//! - [`ledger`]: the durable record on SQL (SQLite, PostgreSQL, MySQL/MariaDB), behind a trait;
-//!   `dynamo` (feature `dynamodb`, on by default): the same trait on DynamoDB.
-//! - [`service`], [`admin`], [`sweep`]: the operations, in domain terms.
-//! - [`http`]: the route table and the contract's request and response shapes.
+//! - [`domain`]: identifiers, policies, end reasons and the errors in domain terms (pure logic);
+//!   [`token`]: license keys and session tokens; [`config`]: the environment's settings.
+//! - [`seats`]: the seat store on Redis, the authority on seats: one Lua script per operation
+//!   (`seats/lua/`), Redis's clock, one hash slot per license and feature.
+//! - [`ledger`]: the durable history behind the `Ledger` trait, one room per backend
+//!   (`ledger/sql.rs`: SQLite, PostgreSQL, MySQL/MariaDB; `ledger/dynamo.rs`: DynamoDB), and the
+//!   group-commit writer in front of them.
+//! - [`service`]: the operations in domain terms (create, heartbeat, end, policies), with its
+//!   license cache.
+//! - [`ops`]: housekeeping and the operator's views over the service: the sweep, the admin views.
+//! - [`http`]: the route table and the contract's request and response shapes; the only layer that
+//!   knows HTTP.
+//! - [`telemetry`]: logging setup for the binaries.
 
-pub mod admin;
-pub mod cache;
 pub mod config;
 pub mod domain;
-#[cfg(feature = "dynamodb")]
-pub mod dynamo;
-pub mod error;
 pub mod http;
 pub mod ledger;
+pub mod ops;
 pub mod seats;
 pub mod service;
-pub mod sweep;
 pub mod telemetry;
 pub mod token;
-pub mod writer;
 
 pub use config::Config;
+pub use domain::error;
 pub use error::{Error, Result};
 pub use service::Service;
 

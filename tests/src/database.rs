@@ -145,9 +145,9 @@ impl Database {
     }
 
     /// The test's own client of its DynamoDB ledger (never cut by a proxy).
-    pub async fn dynamo(&self) -> seatkeeper_core::dynamo::DynamoLedger {
+    pub async fn dynamo(&self) -> seatkeeper_core::ledger::dynamo::DynamoLedger {
         assert_eq!(self.backend, Backend::Dynamo);
-        seatkeeper_core::dynamo::DynamoLedger::connect(&self.url).await.expect("DynamoDB ledger URL")
+        seatkeeper_core::ledger::dynamo::DynamoLedger::connect(&self.url).await.expect("DynamoDB ledger URL")
     }
 
     /// An SQL pool on the test's database (SQL backends only).
@@ -168,7 +168,7 @@ impl Drop for Database {
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async {
-                    if let Ok(l) = seatkeeper_core::dynamo::DynamoLedger::connect(&url).await {
+                    if let Ok(l) = seatkeeper_core::ledger::dynamo::DynamoLedger::connect(&url).await {
                         let _ = l.client().delete_table().table_name(l.table()).send().await;
                     }
                 });

@@ -934,7 +934,7 @@ pub fn seatkeeper_bin() -> PathBuf {
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: {build}", bin.display()));
-    for src in ["../local/src/main.rs", "../local/src/lib.rs", "../shared/src/seats.rs"] {
+    for src in ["../local/src/main.rs", "../local/src/lib.rs", "../shared/src/seats/mod.rs"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
         let changed = std::fs::metadata(&path).and_then(|m| m.modified()).expect("runner source");
         assert!(built >= changed, "{} is older than {}: {build}", bin.display(), path.display());

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use seatkeeper_tests::seatkeeper_core::domain::{FeaturePolicy, Ident, OnLimit, Slot};
+use seatkeeper_tests::seatkeeper_core::ops::sweep::SweepScope;
 use seatkeeper_tests::seatkeeper_core::seats::{CreateOutcome, NewSeat, Versioned};
-use seatkeeper_tests::seatkeeper_core::sweep::SweepScope;
 use seatkeeper_tests::seatkeeper_core::token;
 use seatkeeper_tests::{admitted_or_unavailable, ledger_tests, Backend, Options, RunnerProcess, TestApp};
 use serde_json::{json, Value};

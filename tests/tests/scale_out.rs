@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use seatkeeper_tests::seatkeeper_core::domain::{Ident, Slot};
-use seatkeeper_tests::seatkeeper_core::sweep::SweepScope;
+use seatkeeper_tests::seatkeeper_core::ops::sweep::SweepScope;
 use seatkeeper_tests::{
     admitted_or_unavailable, seatkeeper_bin, spawn_runner, unique, Backend, Database, Options, RedisServer, Resp,
     TestApp, ADMIN_TOKEN,
@@ -743,8 +743,8 @@ fn seat_scripts() -> HashMap<String, &'static str> {
         ($($file:literal),*) => {
             [$((
                 redis::Script::new(concat!(
-                    include_str!("../../shared/src/lua/prelude.lua"),
-                    include_str!(concat!("../../shared/src/lua/", $file))
+                    include_str!("../../shared/src/seats/lua/prelude.lua"),
+                    include_str!(concat!("../../shared/src/seats/lua/", $file))
                 )).get_hash().to_owned(),
                 $file,
             )),*]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::Method;
 use seatkeeper_tests::seatkeeper_core::domain::{Ident, Slot};
-use seatkeeper_tests::seatkeeper_core::sweep::{SweepReport, SweepScope};
+use seatkeeper_tests::seatkeeper_core::ops::sweep::{SweepReport, SweepScope};
 use seatkeeper_tests::{ledger_tests, Backend, Options, Resp, TestApp, ADMIN_TOKEN};
 use serde_json::{json, Value};
 

@@ -5,7 +5,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+pub mod error;
+
+use error::Error;
 
 /// An identifier of the contract: 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -20,7 +20,7 @@ mod admin;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The contract's OpenAPI document, served at `/openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::domain::{now_ms, EndReason, Ident, Slot};
 use crate::error::{Error, Result};
 use crate::ledger::{peak_overlap, FeatureStats, SessionEnd, SessionRow, ACTIVE};
+use crate::ops::sweep::{SweepReport, SweepScope};
 use crate::seats::EndOutcome;
 use crate::service::Service;
-use crate::sweep::{SweepReport, SweepScope};
 
 /// Most sessions the debug view lists: the live ones always, then the newest ended ones.
 const DEBUG_SESSIONS: usize = 100;

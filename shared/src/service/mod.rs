@@ -4,17 +4,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::cache::LicenseCache;
+pub mod cache;
+
 use crate::config::Config;
 use crate::domain::{validate_license_key, EndReason, FeaturePolicy, FeaturePolicyInput, Ident, License, Slot};
 use crate::error::{Error, Result};
+use crate::ledger::writer::Writer;
 use crate::ledger::NewSession;
 use crate::ledger::{Ledger, SessionEnd, SessionRow, ACTIVE};
 use crate::seats::{
     CreateOutcome, EndOutcome, HeartbeatOutcome, NewSeat, PolicyApplied, RebuildSeat, SeatStore, Versioned,
 };
 use crate::token;
-use crate::writer::Writer;
+use cache::LicenseCache;
 
 /// How long a create's ledger row may wait for a batch to take it. Past it the seat is given back
 /// and the client hears 503; a batch that has taken it is waited for (the ledger's lock and

@@ -1,7 +1,7 @@
 //! The route table, the OpenAPI document and health agree; a full session cycle works on each ledger.
 
 use reqwest::Method;
-use seatkeeper_tests::{ledger_tests, Backend, TestApp};
+use seatkeeper_tests::{ledger_tests, Backend, TestApp, ADMIN_TOKEN};
 use serde_json::json;
 
 async fn session_cycle(b: Backend) {
@@ -59,9 +59,9 @@ async fn health_names_a_store_that_is_down() {
     assert!(health.header("retry-after").is_some());
 }
 
-/// A schema of the OpenAPI document, `$ref`s followed.
+/// A schema of the OpenAPI document, `$ref`s followed (also the first of an `allOf` or `anyOf`).
 fn schema<'a>(doc: &'a serde_json::Value, v: &'a serde_json::Value) -> &'a serde_json::Value {
-    match v["$ref"].as_str().or_else(|| v["allOf"][0]["$ref"].as_str()) {
+    match v["$ref"].as_str().or_else(|| v["allOf"][0]["$ref"].as_str()).or_else(|| v["anyOf"][0]["$ref"].as_str()) {
         Some(r) => schema(doc, doc.pointer(r.trim_start_matches('#')).expect("$ref resolves")),
         None => v,
     }
@@ -140,11 +140,62 @@ async fn openapi_bounds_are_the_servers() {
     let r = app.create(&key, json!({"userId": "other", "feature": "f", "idempotencyKey": "i".repeat(idem_len)})).await;
     assert_eq!(r.expect_error(400, "invalid_request")["field"], "idempotencyKey", "{r:?}");
 
-    // HEAD where GET is served, OPTIONS everywhere; the revoked reason and the runner's codes.
+    // HEAD where GET is served, with GET's statuses; OPTIONS everywhere; every path parameter
+    // defined once for the whole path, so that each method, OPTIONS too, has it.
     for (path, item) in doc["paths"].as_object().unwrap() {
         assert!(item.get("options").is_some(), "{path}: OPTIONS documented");
         assert_eq!(item.get("get").is_some(), item.get("head").is_some(), "{path}: HEAD documented with GET");
+        if let (Some(get), Some(head)) = (item.get("get"), item.get("head")) {
+            let codes = |op: &Value| op["responses"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+            assert_eq!(codes(get), codes(head), "{path}: HEAD answers what GET answers");
+        }
+        let at_path: Vec<&str> = item["parameters"]
+            .as_array()
+            .map(|ps| ps.iter().filter(|p| p["in"] == "path").map(|p| p["name"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        let in_template: Vec<&str> =
+            path.split('/').filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}')).collect();
+        assert_eq!(at_path, in_template, "{path}: path parameters at the path level");
     }
+    let r = app
+        .request(Method::HEAD, "/api/licenses/sessions/debug?userId=nobody&feature=f", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(r.status, 404, "HEAD answers GET's 404 without a body: {r:?}");
+
+    // session-stats' window: the documented maximum passes, one more is 400.
+    let stats = &doc["paths"]["/api/licenses/{licenseId}/session-stats"]["get"]["parameters"];
+    let window = stats.as_array().unwrap().iter().find(|p| p["name"] == "windowSeconds").unwrap();
+    let max = num(&window["schema"], "maximum");
+    let (license, _) = app.simple_license(json!({"maxSessions": 1})).await;
+    for (w, status) in [(max, 200), (max + 1, 400)] {
+        let r = app.admin(Method::GET, &format!("/api/licenses/{license}/session-stats?windowSeconds={w}"), None).await;
+        assert_eq!(r.status, status, "windowSeconds={w}: {r:?}");
+    }
+
+    // A null optional policy field is documented and means "not given"; a GET's policy round-trips.
+    for field in
+        ["maxSessionsPerUser", "onLimit", "leaseTtlSeconds", "heartbeatIntervalSeconds", "resurrectWindowSeconds"]
+    {
+        let documented = policy[field]["type"].as_array().is_some_and(|t| t.contains(&json!("null")))
+            || policy[field]["anyOf"].as_array().is_some_and(|a| a.contains(&json!({"type": "null"})));
+        assert!(documented, "{field}: null documented");
+        let r = app
+            .admin(
+                Method::PUT,
+                &format!("/api/licenses/null-{field}"),
+                Some(json!({"features": {"f": {"maxSessions": 1, field: null}}})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{field}: null: {r:?}");
+        let again = app
+            .admin(Method::PUT, &format!("/api/licenses/null-{field}"), Some(json!({"features": r.body["features"]})))
+            .await;
+        assert_eq!(again.status, 200, "{field}: a GET's features PUT back: {again:?}");
+    }
+
+    // A feature name with `.` or `:` is bracketed in the error's field.
+    let r = app.admin(Method::PUT, "/api/licenses/colon", Some(json!({"features": {":": {"maxSessions": -1}}}))).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "features[\":\"].maxSessions", "{r:?}");
     let reasons = &schemas["SessionEndReason"]["enum"];
     assert!(reasons.as_array().unwrap().contains(&json!("revoked")), "{reasons}");
     let codes = schemas["ErrorCode"]["enum"].as_array().unwrap();

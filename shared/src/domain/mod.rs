@@ -122,10 +122,23 @@ fn int_field(field: String, value: &Option<serde_json::Value>, min: u64, max: u6
     }
 }
 
+/// The path of a feature's policy, or of one of its fields, as errors name it: `features.webrtc`
+/// and `features.webrtc.maxSessions` for a name that is a plain identifier, else the bracket form
+/// `features["a.b"].maxSessions`, so that a name holding `.` or `:` maps back to its input.
+pub fn feature_field(feature: &str, field: Option<&str>) -> String {
+    let plain = feature.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && feature.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let base = if plain { format!("features.{feature}") } else { format!("features[\"{feature}\"]") };
+    match field {
+        Some(f) => format!("{base}.{f}"),
+        None => base,
+    }
+}
+
 impl FeaturePolicyInput {
     /// Resolves the input into a full policy; `feature` names the feature in error messages.
     pub fn resolve(&self, feature: &str, defaults: PolicyDefaults) -> Result<FeaturePolicy, Error> {
-        let name = |f: &str| format!("features.{feature}.{f}");
+        let name = |f: &str| feature_field(feature, Some(f));
         let max_sessions = int_field(name("maxSessions"), &self.max_sessions, 0, MAX_SEATS)?
             .ok_or_else(|| Error::invalid_owned(name("maxSessions"), format!("{} is required", name("maxSessions"))))?;
         let max_sessions_per_user = int_field(name("maxSessionsPerUser"), &self.max_sessions_per_user, 1, MAX_SEATS)?;
@@ -317,6 +330,19 @@ mod tests {
             let err = input(v.clone()).resolve("f", DEFAULTS).unwrap_err();
             assert!(err.to_string().contains(field), "{v}: {err}");
         }
+    }
+
+    #[test]
+    fn a_feature_name_that_is_not_a_plain_identifier_is_bracketed() {
+        assert_eq!(super::feature_field("webrtc_ext2", Some("maxSessions")), "features.webrtc_ext2.maxSessions");
+        assert_eq!(super::feature_field(":", Some("maxSessions")), "features[\":\"].maxSessions");
+        assert_eq!(super::feature_field("a.b", None), "features[\"a.b\"]");
+        assert_eq!(super::feature_field("2fa", None), "features[\"2fa\"]");
+        let err = input(json!({"maxSessions": -1})).resolve("a.b", DEFAULTS).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidRequest { field: Some(f), .. } if f == "features[\"a.b\"].maxSessions"),
+            "{err:?}"
+        );
     }
 
     #[test]

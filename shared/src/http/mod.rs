@@ -9,7 +9,7 @@ use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Map, Value};
 
-use crate::domain::{rfc3339_ms, FeaturePolicyInput, Ident, License};
+use crate::domain::{feature_field, rfc3339_ms, FeaturePolicyInput, Ident, License};
 use crate::error::Error;
 use crate::service::{CreateSession, PutLicense, Service};
 use crate::token;
@@ -715,15 +715,13 @@ async fn put_license(svc: &Service, req: &Request, params: &BTreeMap<String, Str
         Some(Value::Object(m)) => m
             .iter()
             .map(|(name, v)| {
+                let path = feature_field(name, None);
                 if !v.is_object() {
-                    return Err(Error::invalid_owned(
-                        format!("features.{name}"),
-                        format!("features.{name} must be an object"),
-                    ));
+                    return Err(Error::invalid_owned(path.clone(), format!("{path} must be an object")));
                 }
                 serde_json::from_value::<FeaturePolicyInput>(v.clone())
                     .map(|p| (name.clone(), p))
-                    .map_err(|e| Error::invalid_owned(format!("features.{name}"), format!("features.{name}: {e}")))
+                    .map_err(|e| Error::invalid_owned(path.clone(), format!("{path}: {e}")))
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?,
         None | Some(Value::Null) => return Err(Error::invalid("features", "features is required").into()),

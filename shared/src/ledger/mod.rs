@@ -14,9 +14,11 @@ use crate::error::Result;
 
 #[cfg(feature = "dynamodb")]
 pub mod dynamo;
+#[cfg(feature = "sql")]
 pub mod sql;
 pub mod writer;
 
+#[cfg(feature = "sql")]
 pub use sql::SqlLedger;
 
 /// A session as the ledger records it. `status` is `active` or an end reason.
@@ -104,17 +106,37 @@ pub struct FeatureStats {
     pub spans: Vec<SessionSpan>,
 }
 
-/// The ledger a URL names: `dynamodb://...` (with the `dynamodb` feature), else an SQL database.
-/// Connects lazily: fails only on a malformed URL. `pool_size`: connections, or DynamoDB requests
-/// in flight.
+/// The ledger a URL names: `dynamodb://...`, else an SQL database, each with its cargo feature
+/// (`dynamodb`, `sqlite`, `postgres`, `mysql`); a URL whose feature this build lacks is an error
+/// that names the feature. Connects lazily: fails only on a malformed URL. `pool_size`:
+/// connections, or DynamoDB requests in flight.
+#[allow(unreachable_code, unused_variables)] // what is unreachable depends on the features
 pub async fn open(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn Ledger>> {
     if url.starts_with("dynamodb:") {
         #[cfg(feature = "dynamodb")]
         return Ok(std::sync::Arc::new(dynamo::DynamoLedger::connect_with(url, pool_size).await?));
-        #[cfg(not(feature = "dynamodb"))]
-        return Err(crate::error::Error::ledger("dynamodb:// ledgers need seatkeeper-core's `dynamodb` feature"));
+    } else {
+        #[cfg(feature = "sql")]
+        return Ok(std::sync::Arc::new(SqlLedger::connect_with(url, pool_size).await?));
     }
-    Ok(std::sync::Arc::new(SqlLedger::connect_with(url, pool_size).await?))
+    Err(crate::error::Error::ledger(missing_feature(url)))
+}
+
+/// Which cargo feature serves a ledger URL's scheme, for the error of a build without it.
+pub fn missing_feature(url: &str) -> String {
+    let scheme = url.split(':').next().unwrap_or("");
+    let feature = match scheme {
+        "dynamodb" => "dynamodb",
+        "sqlite" => "sqlite",
+        "postgres" | "postgresql" => "postgres",
+        "mysql" | "mariadb" => "mysql",
+        _ => {
+            return format!(
+                "unsupported ledger URL scheme {scheme:?}: use sqlite://, postgres://, mysql:// or dynamodb://"
+            )
+        }
+    };
+    format!("{scheme}:// ledgers need seatkeeper-core's `{feature}` feature, which this build leaves out")
 }
 
 #[async_trait]
@@ -198,6 +220,33 @@ pub fn peak_overlap(intervals: &[(i64, i64)], from: i64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    /// A build without a backend's feature refuses its URLs with an error naming the feature; a
+    /// build with it opens them (lazily: nothing is connected here).
+    #[test]
+    fn a_url_whose_driver_is_left_out_names_its_feature() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let cases = [
+            ("sqlite::memory:", "sqlite", cfg!(feature = "sqlite")),
+            ("postgres://u:p@127.0.0.1:1/db", "postgres", cfg!(feature = "postgres")),
+            ("mariadb://u:p@127.0.0.1:1/db", "mysql", cfg!(feature = "mysql")),
+            ("dynamodb://t?region=us-east-1&endpoint=http://127.0.0.1:1", "dynamodb", cfg!(feature = "dynamodb")),
+        ];
+        for (url, feature, built) in cases {
+            if built && feature == "dynamodb" {
+                continue; // opening reads the AWS environment; the DynamoDB tests cover it
+            }
+            match rt.block_on(super::open(url, 1)) {
+                Ok(_) => assert!(built, "{url} opened without the `{feature}` feature"),
+                Err(e) => {
+                    assert!(!built, "{url}: {e}");
+                    assert!(format!("{e:?}").contains(&format!("`{feature}` feature")), "{url}: {e:?}");
+                }
+            }
+        }
+        let err = rt.block_on(super::open("redis://x", 1)).err().expect("not a ledger");
+        assert!(format!("{err:?}").contains("unsupported ledger URL scheme"), "{err:?}");
+    }
+
     use super::peak_overlap;
 
     #[test]

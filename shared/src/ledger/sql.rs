@@ -19,6 +19,17 @@ pub enum Dialect {
     MySql,
 }
 
+impl Dialect {
+    /// Whether this build carries the dialect's driver (its cargo feature).
+    pub fn built(self) -> bool {
+        match self {
+            Dialect::Sqlite => cfg!(feature = "sqlite"),
+            Dialect::Postgres => cfg!(feature = "postgres"),
+            Dialect::MySql => cfg!(feature = "mysql"),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SqlLedger {
     pool: AnyPool,
@@ -51,11 +62,11 @@ impl SqlLedger {
         } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
             (Dialect::MySql, url.replacen("mariadb:", "mysql:", 1))
         } else {
-            return Err(Error::ledger(format!(
-                "unsupported ledger URL scheme in {:?}: use sqlite://, postgres:// or mysql://",
-                url.split(':').next().unwrap_or("")
-            )));
+            return Err(Error::ledger(super::missing_feature(url)));
         };
+        if !dialect.built() {
+            return Err(Error::ledger(super::missing_feature(&url)));
+        }
         let options: AnyConnectOptions = url.parse().map_err(db)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { pool_size.min(4) } else { pool_size })

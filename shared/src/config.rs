@@ -13,8 +13,12 @@ pub const DEFAULT_LEDGER_POOL_SIZE: u32 = 8;
 pub struct Config {
     pub redis_url: String,
     pub ledger_url: String,
-    /// `None`: admin routes answer 401.
+    /// `None`: admin routes answer 401 (unless `admin_iam` lets a verified IAM caller in).
     pub admin_token: Option<String>,
+    /// `SEATKEEPER_ADMIN_AUTH=iam` (default `token`): an admin request whose IAM signature the
+    /// platform in front (API Gateway's IAM authorizer) has verified needs no admin token. The
+    /// local runner never sees such a request, so there it changes nothing.
+    pub admin_iam: bool,
     pub defaults: PolicyDefaults,
     pub sweep_interval: Duration,
     pub ledger_pool_size: u32,
@@ -45,6 +49,13 @@ impl Config {
             redis_url: get("SEATKEEPER_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             ledger_url: get("SEATKEEPER_LEDGER_URL").unwrap_or_else(|| "sqlite://seatkeeper.db".into()),
             admin_token: get("SEATKEEPER_ADMIN_TOKEN").filter(|t| !t.is_empty()),
+            admin_iam: match get("SEATKEEPER_ADMIN_AUTH").as_deref().map(str::trim) {
+                None | Some("") | Some("token") => false,
+                Some("iam") => true,
+                Some(_) => {
+                    return Err(Error::invalid("SEATKEEPER_ADMIN_AUTH", "SEATKEEPER_ADMIN_AUTH must be token or iam"))
+                }
+            },
             defaults: PolicyDefaults {
                 lease_ttl_seconds: num("SEATKEEPER_LEASE_TTL_SECONDS", 90)?,
                 heartbeat_interval_seconds: num("SEATKEEPER_HEARTBEAT_INTERVAL_SECONDS", 30)?,
@@ -85,6 +96,7 @@ mod tests {
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(c.ledger_url, "sqlite://seatkeeper.db");
         assert_eq!(c.admin_token, None);
+        assert!(!c.admin_iam);
         assert_eq!(c.defaults.lease_ttl_seconds, 90);
         assert_eq!(c.defaults.heartbeat_interval_seconds, 30);
         assert_eq!(c.sweep_interval, Duration::from_secs(900));
@@ -98,6 +110,9 @@ mod tests {
         }
         let c = config(&[("SEATKEEPER_ADMIN_TOKEN", "t"), ("SEATKEEPER_SWEEP_INTERVAL_SECONDS", "5")]).unwrap();
         assert_eq!(c.admin_token.as_deref(), Some("t"));
+        assert!(config(&[("SEATKEEPER_ADMIN_AUTH", "iam")]).unwrap().admin_iam);
+        assert!(!config(&[("SEATKEEPER_ADMIN_AUTH", "token")]).unwrap().admin_iam);
+        assert!(config(&[("SEATKEEPER_ADMIN_AUTH", "IAM ")]).is_err(), "only token or iam");
         assert_eq!(c.sweep_interval, Duration::from_secs(5));
     }
 }

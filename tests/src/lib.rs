@@ -638,11 +638,13 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// `SEATKEEPER_CORS_ORIGINS`, parsed.
     pub cors_origins: Vec<String>,
+    /// `SEATKEEPER_ADMIN_AUTH=iam`.
+    pub admin_iam: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { proxy: false, admin_token: Some(ADMIN_TOKEN.to_owned()), cors_origins: Vec::new() }
+        Options { proxy: false, admin_token: Some(ADMIN_TOKEN.to_owned()), cors_origins: Vec::new(), admin_iam: false }
     }
 }
 
@@ -694,7 +696,7 @@ impl TestApp {
             ledger_pool_size: seatkeeper_core::config::DEFAULT_LEDGER_POOL_SIZE,
             ..Config::from_lookup(|_| None).expect("default configuration")
         };
-        let config = Config { cors_origins: opts.cors_origins.clone(), ..config };
+        let config = Config { cors_origins: opts.cors_origins.clone(), admin_iam: opts.admin_iam, ..config };
         let svc = Service::connect(config).await.expect("service connects to its stores");
         svc.migrate().await.expect("ledger migrations apply");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -567,6 +567,12 @@ pub(crate) fn bearer(req: &Request) -> Option<&str> {
 
 /// Admin routes need the service-wide admin token.
 pub(crate) fn require_admin(svc: &Service, req: &Request) -> Result<(), ApiError> {
+    if svc.config().admin_iam {
+        if let Some(caller) = iam_caller(req) {
+            tracing::info!(caller, "admin request by an IAM principal that API Gateway verified");
+            return Ok(());
+        }
+    }
     let Some(expected) = svc.config().admin_token.as_deref() else {
         return Err(Error::Unauthorized("admin routes are disabled: SEATKEEPER_ADMIN_TOKEN is not set").into());
     };
@@ -574,6 +580,22 @@ pub(crate) fn require_admin(svc: &Service, req: &Request) -> Result<(), ApiError
         Some(given) if token::secrets_equal(given, expected) => Ok(()),
         Some(_) => Err(Error::Unauthorized("unknown admin token").into()),
         None => Err(Error::Unauthorized("missing admin token: use Authorization: Bearer <adminToken>").into()),
+    }
+}
+
+/// The IAM principal that API Gateway's IAM authorizer verified for this request (an HTTP API's
+/// request context names it), if any. Only a Lambda event carries a request context: the local
+/// runner builds its requests from the socket, so no header a client sends can forge one.
+fn iam_caller(req: &Request) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => {
+            let iam = ctx.authorizer.as_ref()?.iam.as_ref()?;
+            iam.user_arn.clone().or_else(|| iam.caller_id.clone()).filter(|c| !c.is_empty())
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Configuration from the environment, as the contract's table gives it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::domain::PolicyDefaults;
@@ -9,9 +10,17 @@ use crate::error::Error;
 /// instance holds its own pool, so this stays small; the local runner may want more.
 pub const DEFAULT_LEDGER_POOL_SIZE: u32 = 8;
 
-#[derive(Clone, Debug)]
+/// The Redis URL may carry a password (`rediss://user:password@host:6380`, an ElastiCache AUTH
+/// token), and the ledger's URL too: `Debug` shows them through `redact_url`, and the admin token
+/// not at all.
+#[derive(Clone)]
 pub struct Config {
+    /// `redis://`, `rediss://` (TLS) or `redis+unix://`; several comma-separated URLs select a
+    /// Redis Cluster. `user:password@` in it authenticates (AUTH, or a Redis ACL user).
     pub redis_url: String,
+    /// A PEM file of the CA certificates to trust for `rediss://` (`SEATKEEPER_REDIS_CA_FILE`)
+    /// instead of the system's root certificates: for a Redis whose certificate a private CA signed.
+    pub redis_ca_file: Option<PathBuf>,
     pub ledger_url: String,
     /// `None`: admin routes answer 401 (unless `admin_iam` lets a verified IAM caller in).
     pub admin_token: Option<String>,
@@ -28,6 +37,59 @@ pub struct Config {
     /// How long a license looked up by key is reused without the ledger
     /// (`SEATKEEPER_LICENSE_CACHE_SECONDS`, default 5; 0 turns the cache off).
     pub license_cache: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a field added later must be placed here, redacted or not.
+        let Config {
+            redis_url,
+            redis_ca_file,
+            ledger_url,
+            admin_token,
+            admin_iam,
+            defaults,
+            sweep_interval,
+            ledger_pool_size,
+            cors_origins,
+            license_cache,
+        } = self;
+        f.debug_struct("Config")
+            .field("redis_url", &redact_url(redis_url))
+            .field("redis_ca_file", redis_ca_file)
+            .field("ledger_url", &redact_url(ledger_url))
+            .field("admin_token", &admin_token.as_ref().map(|_| "***"))
+            .field("admin_iam", admin_iam)
+            .field("defaults", defaults)
+            .field("sweep_interval", sweep_interval)
+            .field("ledger_pool_size", ledger_pool_size)
+            .field("cors_origins", cors_origins)
+            .field("license_cache", license_cache)
+            .finish()
+    }
+}
+
+/// A store's URL as it may be shown (in a log line, an error, a `Debug`): each password in it
+/// replaced by `***`, as in `rediss://user:***@host:6380`. Several comma-separated URLs (a
+/// cluster's nodes) are each redacted. A URL without a password is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else { return one.to_owned() };
+            // The credentials end at the last `@` before the query: a password written without
+            // percent-encoding may hold `/` or `@`. A Unix socket's path has no credentials.
+            let before_query = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+            let at = match before_query.rfind('@') {
+                Some(at) if !rest.starts_with('/') => at,
+                _ => return one.to_owned(),
+            };
+            match rest[..at].split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{}", &rest[at + 1..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Config {
@@ -47,6 +109,7 @@ impl Config {
         };
         Ok(Config {
             redis_url: get("SEATKEEPER_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_ca_file: redis_ca_file(&get),
             ledger_url: get("SEATKEEPER_LEDGER_URL").unwrap_or_else(|| "sqlite://seatkeeper.db".into()),
             admin_token: get("SEATKEEPER_ADMIN_TOKEN").filter(|t| !t.is_empty()),
             admin_iam: match get("SEATKEEPER_ADMIN_AUTH").as_deref().map(str::trim) {
@@ -80,6 +143,14 @@ impl Config {
     }
 }
 
+/// `SEATKEEPER_REDIS_CA_FILE` as read through `get`; unset or empty: `None` (the system's roots).
+pub fn redis_ca_file(get: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    get(REDIS_CA_FILE).filter(|v| !v.trim().is_empty()).map(|v| PathBuf::from(v.trim()))
+}
+
+/// The name of the variable that names a CA file for `rediss://`.
+pub const REDIS_CA_FILE: &str = "SEATKEEPER_REDIS_CA_FILE";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +165,7 @@ mod tests {
     fn defaults_match_the_contract() {
         let c = config(&[]).unwrap();
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.redis_ca_file, None);
         assert_eq!(c.ledger_url, "sqlite://seatkeeper.db");
         assert_eq!(c.admin_token, None);
         assert!(!c.admin_iam);
@@ -114,5 +186,43 @@ mod tests {
         assert!(!config(&[("SEATKEEPER_ADMIN_AUTH", "token")]).unwrap().admin_iam);
         assert!(config(&[("SEATKEEPER_ADMIN_AUTH", "IAM ")]).is_err(), "only token or iam");
         assert_eq!(c.sweep_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_ca_file_is_named_or_absent() {
+        let c = config(&[("SEATKEEPER_REDIS_CA_FILE", " /etc/redis/ca.pem ")]).unwrap();
+        assert_eq!(c.redis_ca_file, Some(PathBuf::from("/etc/redis/ca.pem")));
+        assert_eq!(config(&[("SEATKEEPER_REDIS_CA_FILE", "")]).unwrap().redis_ca_file, None);
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        let cases = [
+            ("rediss://user:s3cret@host:6380", "rediss://user:***@host:6380"),
+            (
+                "rediss://:tok%40en@master.example.cache.amazonaws.com:6379/0",
+                "rediss://:***@master.example.cache.amazonaws.com:6379/0",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://user@host:6379", "redis://user@host:6379"),
+            ("redis+unix:///tmp/redis.sock", "redis+unix:///tmp/redis.sock"),
+            ("postgres://app:p@ss@db:5432/sk", "postgres://app:***@db:5432/sk"),
+            ("rediss://u:a/b@host:6380", "rediss://u:***@host:6380"),
+            ("rediss://a:pw@h1:7000,rediss://a:pw@h2:7001", "rediss://a:***@h1:7000,rediss://a:***@h2:7001"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown);
+        }
+        let c = config(&[
+            ("SEATKEEPER_REDIS_URL", "rediss://alice:s3cret-pw@h:6380"),
+            ("SEATKEEPER_LEDGER_URL", "postgres://app:db-pw@db/sk"),
+            ("SEATKEEPER_ADMIN_TOKEN", "admin-tok"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["s3cret-pw", "db-pw", "admin-tok"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("rediss://alice:***@h:6380"), "{shown}");
     }
 }

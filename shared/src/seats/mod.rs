@@ -2,6 +2,7 @@
 //! (see `lua/`), called by SHA with a NOSCRIPT fallback; every decision is taken inside the script
 //! on the Redis server's clock, and counts are derived from live leases, never stored.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, TlsCertificates, Value};
 
 use crate::domain::{EndReason, FeaturePolicy, LimitScope, Slot};
 use crate::error::{Error, Result};
@@ -212,9 +213,45 @@ impl ConnectionLike for SeatConn {
     }
 }
 
+/// What a `rediss://` connection trusts: `None` for the system's root certificates (and for a
+/// plain `redis://` URL), else the certificates of the CA file. Every URL of a cluster must agree
+/// on TLS. Errors name the variables, never the URL (it may hold a password).
+fn tls_certificates(urls: &[&str], ca_file: Option<&Path>) -> Result<Option<TlsCertificates>> {
+    let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    if tls > 0 && tls < urls.len() {
+        return Err(Error::seat_store(
+            "SEATKEEPER_REDIS_URL mixes rediss:// and redis:// nodes: a cluster's nodes all use TLS or none does",
+        ));
+    }
+    if tls == 0 {
+        return match ca_file {
+            Some(_) => Err(Error::seat_store(format!(
+                "{} is set, but SEATKEEPER_REDIS_URL is not a rediss:// URL: the CA file is for TLS",
+                crate::config::REDIS_CA_FILE
+            ))),
+            None => Ok(None),
+        };
+    }
+    // rustls picks ring, the one provider built in; installed here so that another crate turning
+    // on a second provider could not leave rustls without a default. Already installed: kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(path) = ca_file else { return Ok(None) };
+    let pem = std::fs::read(path).map_err(|e| {
+        Error::seat_store(format!("cannot read {} {}: {e}", crate::config::REDIS_CA_FILE, path.display()))
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(Error::seat_store(format!(
+            "{} {} holds no PEM certificate",
+            crate::config::REDIS_CA_FILE,
+            path.display()
+        )));
+    }
+    Ok(Some(TlsCertificates { client_tls: None, root_cert: Some(pem) }))
+}
+
 /// The nodes of a Redis Cluster when `url` names a cluster: several comma-separated
-/// `redis://host:port` URLs (a single seed node is written with a trailing comma). `None` for a
-/// single server (`redis://` or `redis+unix://`).
+/// `redis://host:port` or `rediss://host:port` URLs (a single seed node is written with a trailing
+/// comma). `None` for a single server (`redis://`, `rediss://` or `redis+unix://`).
 pub fn cluster_nodes(url: &str) -> Option<Vec<&str>> {
     url.contains(',').then(|| url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect())
 }
@@ -426,12 +463,28 @@ impl SlotSnapshot {
 
 impl SeatStore {
     /// Connects lazily: the service starts while Redis is down and answers 503 until it is back.
-    /// Several comma-separated URLs select a Redis Cluster (see `cluster_nodes`).
+    /// Several comma-separated URLs select a Redis Cluster (see `cluster_nodes`). A `rediss://`
+    /// URL connects over TLS, trusting the CA file that `SEATKEEPER_REDIS_CA_FILE` names in the
+    /// environment, or else the system's root certificates (`connect_with` is given the file).
+    /// `user:password@` in the URL authenticates, on every node of a cluster.
     pub fn connect(url: &str) -> Result<Self> {
+        let ca_file = crate::config::redis_ca_file(|k| std::env::var(k).ok());
+        Self::connect_with(url, ca_file.as_deref())
+    }
+
+    /// `connect`, with the CA file to trust for `rediss://` given (`Config::redis_ca_file`).
+    pub fn connect_with(url: &str, ca_file: Option<&Path>) -> Result<Self> {
         let conn = match cluster_nodes(url) {
-            Some(nodes) => SeatConn::Cluster(Self::connect_cluster(&nodes)?),
+            Some(nodes) => {
+                let tls = tls_certificates(&nodes, ca_file)?;
+                SeatConn::Cluster(Self::connect_cluster(&nodes, tls)?)
+            }
             None => {
-                let client = redis::Client::open(url).map_err(Error::seat_store)?;
+                let client = match tls_certificates(&[url], ca_file)? {
+                    Some(certs) => redis::Client::build_with_tls(url, certs),
+                    None => redis::Client::open(url),
+                }
+                .map_err(Error::seat_store)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECTION_TIMEOUT))
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -463,17 +516,21 @@ impl SeatStore {
     /// cluster answers, calls fail (503) and each failure makes it reconnect from the seed nodes.
     /// The client itself never sends a call again (`retries(0)`): after a dropped connection a
     /// script may have run, so only `SeatConn` repeats the calls the cluster refused unrun.
-    fn connect_cluster(nodes: &[&str]) -> Result<ClusterConnection> {
+    fn connect_cluster(nodes: &[&str], tls: Option<TlsCertificates>) -> Result<ClusterConnection> {
         if nodes.is_empty() {
             return Err(Error::seat_store("SEATKEEPER_REDIS_URL names no cluster node"));
         }
         if let Some(unix) = nodes.iter().find(|n| !n.starts_with("redis://") && !n.starts_with("rediss://")) {
             return Err(Error::seat_store(format!(
-                "a Redis Cluster node must be a redis://host:port URL, not {:?}",
+                "a Redis Cluster node must be a redis:// or rediss://host:port URL, not {:?}",
                 unix.split_once("://").map_or(*unix, |(scheme, _)| scheme)
             )));
         }
-        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.to_vec());
+        if let Some(certs) = tls {
+            builder = builder.certs(certs);
+        }
+        let client = builder
             .connection_timeout(CONNECTION_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
             .retries(0)
@@ -764,7 +821,7 @@ impl SeatStore {
         inv.key(k.leases()).key(k.cfg()).key(k.sessions()).arg(k.prefix());
         let r = Reply(self.run(inv).await?);
         let entries = (3..r.0.len())
-            .step_by(6)
+            .step_by(7)
             .map(|i| {
                 Ok(SeatEntry {
                     session_id: r.str(i)?,
@@ -949,5 +1006,29 @@ mod tests {
         let err = |url: &str| SeatStore::connect(url).err().map(|e| e.to_string());
         assert!(err("redis+unix:///tmp/a.sock,redis://127.0.0.1:7000").is_some());
         assert!(err(",").is_some(), "no node at all");
+    }
+
+    /// On a runtime: a connection, lazy as it is, spawns its task.
+    #[tokio::test]
+    async fn tls_settings_are_checked_without_showing_the_password() {
+        let dir = std::env::temp_dir().join(format!("sk-ca-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (no_cert, ca) = (dir.join("empty.pem"), dir.join("ca.pem"));
+        std::fs::write(&no_cert, "not a certificate\n").unwrap();
+        let err = |url: &str, ca: Option<&Path>| SeatStore::connect_with(url, ca).err().map(|e| e.to_string());
+        let url = "rediss://alice:pw-s3cret@127.0.0.1:1";
+        for (what, url, ca) in [
+            ("a CA file for a plain URL", "redis://alice:pw-s3cret@127.0.0.1:1", Some(no_cert.as_path())),
+            ("a CA file that is missing", url, Some(ca.as_path())),
+            ("a CA file without a certificate", url, Some(no_cert.as_path())),
+            ("a cluster half on TLS", "rediss://alice:pw-s3cret@127.0.0.1:1,redis://alice:pw-s3cret@127.0.0.1:2", None),
+        ] {
+            let e = err(url, ca).unwrap_or_else(|| panic!("{what} is refused"));
+            assert!(!e.contains("pw-s3cret"), "{what}: {e}");
+        }
+        // Lazy: no server needed to build the connections, with the system's roots or a CA file.
+        assert_eq!(err(url, None), None);
+        assert_eq!(err("rediss://:tok@127.0.0.1:1,rediss://:tok@127.0.0.1:2", None), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

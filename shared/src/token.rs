@@ -24,6 +24,11 @@ pub fn new_session_id() -> String {
     hex(&random_bytes::<16>())
 }
 
+/// Whether `s` has the form of a session id (32 lowercase or uppercase hex digits).
+pub fn is_session_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A session token: its text, its hash (what the stores keep) and its 256-bit secret.
 pub struct MintedToken {
     pub token: String,
@@ -82,7 +87,7 @@ pub fn parse_session_token(token: &str) -> Option<TokenClaims> {
     let license = Ident::parse("sessionToken", parts.next()?).ok()?;
     let feature = Ident::parse("sessionToken", parts.next()?).ok()?;
     let session_id = parts.next()?;
-    if session_id.len() != 32 || !session_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_session_id(session_id) {
         return None;
     }
     Some(TokenClaims { slot: Slot { license, feature }, session_id: session_id.to_owned() })

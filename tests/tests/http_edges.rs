@@ -425,7 +425,8 @@ async fn get_routes(app: &TestApp) -> Vec<(&'static str, seatkeeper_tests::seatk
         .map(|r| {
             let path = match r.operation_id {
                 "debugSessions" => format!("{}?userId=u1&feature=f", r.path),
-                "sessionStats" | "getLicense" => r.path.replace("{licenseId}", &license),
+                "sessionStats" | "getLicense" | "licenseSessions" => r.path.replace("{licenseId}", &license),
+                "listLicenses" => format!("{}?limit=5", r.path),
                 "health" | "openapi" => r.path.to_owned(),
                 other => panic!("give the GET route {other} a path here"),
             };

@@ -6,8 +6,12 @@ use std::collections::BTreeMap;
 use lambda_http::Request;
 use serde_json::{json, Map, Value};
 
-use super::{body_object, json_ok, opt_ident, path_ident, query_ident, query_u64, req_ident, require_admin, ApiResult};
+use super::{
+    body_object, json_ok, license_json, opt_ident, path_ident, query_ident, query_u64, req_ident, require_admin,
+    ApiResult,
+};
 use crate::domain::{rfc3339_ms, EndReason};
+use crate::ops::licenses::MAX_PAGE;
 use crate::service::Service;
 
 pub async fn force_cleanup(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
@@ -31,6 +35,7 @@ pub async fn debug(svc: &Service, req: &Request) -> ApiResult {
         "sessions": view.sessions.iter().map(|s| json!({
             "sessionId": s.session_id,
             "licenseId": s.license,
+            "deviceId": s.device,
             "status": s.status,
             "createdAt": time(s.created_ms),
             "lastHeartbeatAt": time(s.last_heartbeat_ms),
@@ -97,4 +102,66 @@ pub async fn session_stats(svc: &Service, req: &Request, params: &BTreeMap<Strin
         })
         .collect();
     json_ok(json!({"licenseId": license, "windowSeconds": window, "features": features}))
+}
+
+pub async fn list_licenses(svc: &Service, req: &Request) -> ApiResult {
+    require_admin(svc, req)?;
+    let limit = query_u64(req, "limit", 50, MAX_PAGE as u64)? as usize;
+    let cursor = query_ident(req, "cursor", false)?;
+    let page = svc.list_licenses(cursor.as_ref().map(|c| c.as_str()), limit).await?;
+    let licenses: Vec<Value> = page
+        .licenses
+        .iter()
+        .map(|l| {
+            let mut out = license_json(&l.license);
+            for (feature, seats) in &l.features {
+                out["features"][feature.as_str()]["active"] = seats.active.into();
+            }
+            out
+        })
+        .collect();
+    json_ok(json!({"licenses": licenses, "nextCursor": page.next}))
+}
+
+pub async fn license_sessions(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    require_admin(svc, req)?;
+    let license = path_ident(params, "licenseId")?;
+    let feature = query_ident(req, "feature", false)?;
+    let view = svc.license_sessions(&license, feature.as_ref()).await?;
+    let time = |t: Option<i64>| t.map(rfc3339_ms);
+    json_ok(json!({
+        "licenseId": license,
+        "sessions": view.sessions.iter().map(|s| json!({
+            "sessionId": s.session_id,
+            "userId": s.user,
+            "feature": s.feature,
+            "deviceId": s.device,
+            "createdAt": time(s.created_ms),
+            "lastHeartbeatAt": time(s.last_heartbeat_ms),
+            "expiresAt": rfc3339_ms(s.expires_ms),
+            "metadata": s.metadata,
+            "provisional": s.provisional,
+        })).collect::<Vec<_>>(),
+        "features": view.features.iter().map(|(f, (limit, active))| {
+            (f.to_string(), json!({"limit": limit, "active": active}))
+        }).collect::<Map<String, Value>>(),
+        "readAt": rfc3339_ms(view.now_ms),
+    }))
+}
+
+pub async fn end_license_session(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    require_admin(svc, req)?;
+    let license = path_ident(params, "licenseId")?;
+    let session_id = params.get("sessionId").map(String::as_str).unwrap_or("");
+    json_ok(match svc.end_license_session(&license, session_id).await? {
+        None => json!({"ended": true}),
+        Some(reason) => json!({"ended": false, "reason": reason.as_str()}),
+    })
+}
+
+pub async fn rotate_license_key(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    require_admin(svc, req)?;
+    let license = path_ident(params, "licenseId")?;
+    let key = svc.rotate_key(&license).await?;
+    json_ok(json!({"licenseId": license, "key": key}))
 }

@@ -34,6 +34,10 @@ pub enum Op {
     PutLicense,
     GetLicense,
     DeleteLicense,
+    ListLicenses,
+    LicenseSessions,
+    EndLicenseSession,
+    RotateLicenseKey,
     Health,
     OpenApi,
 }
@@ -99,6 +103,25 @@ pub static ROUTES: &[Route] = &[
         path: "/api/licenses/{licenseId}",
         op: Op::DeleteLicense,
         operation_id: "deleteLicense",
+    },
+    Route { method: Method::GET, path: "/api/licenses", op: Op::ListLicenses, operation_id: "listLicenses" },
+    Route {
+        method: Method::GET,
+        path: "/api/licenses/{licenseId}/sessions",
+        op: Op::LicenseSessions,
+        operation_id: "licenseSessions",
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/api/licenses/{licenseId}/sessions/{sessionId}",
+        op: Op::EndLicenseSession,
+        operation_id: "endLicenseSession",
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/licenses/{licenseId}/key",
+        op: Op::RotateLicenseKey,
+        operation_id: "rotateLicenseKey",
     },
     Route { method: Method::GET, path: "/health", op: Op::Health, operation_id: "health" },
     Route { method: Method::GET, path: "/openapi.json", op: Op::OpenApi, operation_id: "openapi" },
@@ -511,6 +534,10 @@ async fn run(svc: &Service, op: Op, route: &Route, req: Request, params: Option<
         Op::DebugSessions => admin::debug(svc, &req).await,
         Op::CleanupSessions => admin::cleanup_sessions(svc, &req).await,
         Op::SessionStats => admin::session_stats(svc, &req, &params).await,
+        Op::ListLicenses => admin::list_licenses(svc, &req).await,
+        Op::LicenseSessions => admin::license_sessions(svc, &req, &params).await,
+        Op::EndLicenseSession => admin::end_license_session(svc, &req, &params).await,
+        Op::RotateLicenseKey => admin::rotate_license_key(svc, &req, &params).await,
     }
 }
 
@@ -719,7 +746,7 @@ async fn cleanup_session(svc: &Service, req: &Request) -> ApiResult {
 
 // ---- licenses ----
 
-fn license_json(l: &License) -> Value {
+pub(crate) fn license_json(l: &License) -> Value {
     json!({
         "licenseId": l.id,
         "features": l.features.iter().map(|(f, p)| (f.to_string(), json!(p))).collect::<Map<_, _>>(),

@@ -152,6 +152,23 @@ pub trait Ledger: Send + Sync {
         now_ms: i64,
     ) -> Result<PutLicense>;
     async fn license(&self, id: &Ident) -> Result<Option<License>>;
+    /// Up to `limit` license ids after `after`, in the ledger's order of ids: a page of the
+    /// operator's list. This default reads the slots (every license with a feature, removed ones
+    /// included until the sweep forgets them) and keeps the licenses that still exist; a backend
+    /// with a table of licenses reads that instead.
+    async fn license_ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<Ident>> {
+        let ids: std::collections::BTreeSet<Ident> = self.slots().await?.into_iter().map(|e| e.slot.license).collect();
+        let mut out = Vec::with_capacity(limit);
+        for id in ids.into_iter().filter(|id| after.is_none_or(|a| id.as_str() > a)) {
+            if out.len() == limit {
+                break;
+            }
+            if self.license(&id).await?.is_some() {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
     /// Removes a license: its key stops working at once, its features stay marked removed until the
     /// sweep has ended their sessions. Returns the features it had, or `None` for an unknown license.
     async fn delete_license(&self, id: &Ident, now_ms: i64) -> Result<Option<Vec<Ident>>>;

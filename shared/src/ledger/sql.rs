@@ -648,6 +648,19 @@ impl Ledger for SqlLedger {
         self.license_where("key_hash", key_hash).await
     }
 
+    async fn license_ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<Ident>> {
+        let rows = retried(|| async move {
+            sqlx::query(self.sql("SELECT license_id FROM licenses WHERE license_id > ? ORDER BY license_id LIMIT ?"))
+                .bind(after.unwrap_or(""))
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)
+        })
+        .await?;
+        rows.iter().map(|r| Ident::parse("licenseId", &r.try_get::<String, _>(0).map_err(db)?)).collect()
+    }
+
     async fn delete_license(&self, id: &Ident, now_ms: i64) -> Result<Option<Vec<Ident>>> {
         retried(|| async move {
             let mut tx = self.begin_write().await.map_err(db)?;

@@ -23,6 +23,7 @@ pub struct ForceCleanup {
 pub struct DebugSession {
     pub session_id: String,
     pub license: String,
+    pub device: Option<String>,
     pub status: String,
     pub created_ms: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
@@ -149,6 +150,7 @@ impl Service {
                     DebugSession {
                         session_id: r.session_id.clone(),
                         license: r.license_id.clone(),
+                        device: r.device_id.clone(),
                         status: r.status.clone(),
                         created_ms: Some(r.created_at_ms),
                         last_heartbeat_ms: Some(r.last_heartbeat_at_ms),
@@ -167,6 +169,7 @@ impl Service {
                 let s = sessions.entry(e.session_id.clone()).or_insert_with(|| DebugSession {
                     session_id: e.session_id.clone(),
                     license: slot.license.to_string(),
+                    device: e.device.clone(),
                     status: String::new(),
                     created_ms: e.created_ms,
                     last_heartbeat_ms: None,

@@ -1,5 +1,7 @@
 //! Housekeeping and the operator's views, in domain terms, over the service: [`sweep`] (what ran
-//! out, and drift repaired) and [`admin`] (what the admin routes read and free).
+//! out, and drift repaired), [`admin`] (the per-user views and repairs of the admin routes) and
+//! [`licenses`] (the operator's per-license views: who holds the seats, ending one, a new key).
 
 pub mod admin;
+pub mod licenses;
 pub mod sweep;

@@ -402,6 +402,8 @@ pub struct SeatEntry {
     pub user: Option<String>,
     pub created_ms: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
+    /// The device the session was created for, if any (and if its record is there).
+    pub device: Option<String>,
     /// Restored by a rebuild and not confirmed by a heartbeat since.
     pub provisional: bool,
 }
@@ -829,7 +831,8 @@ impl SeatStore {
                     user: r.opt_str(i + 2)?,
                     created_ms: r.opt_int(i + 3)?,
                     last_heartbeat_ms: r.opt_int(i + 4)?,
-                    provisional: r.int(i + 5)? == 1,
+                    device: r.opt_str(i + 5)?,
+                    provisional: r.int(i + 6)? == 1,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

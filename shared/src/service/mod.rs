@@ -35,7 +35,7 @@ pub struct Service {
     pub(crate) config: Arc<Config>,
     /// Group commit of session rows and ends.
     pub(crate) writer: Writer,
-    licenses: Arc<LicenseCache>,
+    pub(crate) licenses: Arc<LicenseCache>,
 }
 
 /// A create, validated.

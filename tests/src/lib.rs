@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 mod database;
+pub mod tls;
 pub use database::Database;
 
 pub use seatkeeper_core;

@@ -10,7 +10,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("token", &["domain"]),
     ("config", &["domain"]),
     ("telemetry", &[]),
-    ("seats", &["domain"]),
+    ("seats", &["domain", "config"]),
     ("ledger", &["domain", "config", "token"]),
     ("service", &["domain", "config", "token", "seats", "ledger"]),
     ("ops", &["domain", "config", "token", "seats", "ledger", "service"]),

@@ -26,6 +26,8 @@ _sk_apt_install() {
 # Redis: the binary (tests start private servers) and one server on 6379 (the local runner's).
 ensure_redis() {
   command -v redis-server >/dev/null || _sk_apt_install redis-server
+  # jq: README.md's examples read keys and tokens from answers with it, and a test runs them.
+  command -v jq >/dev/null || _sk_apt_install jq
   if ! _sk_port_open 6379; then
     echo "services: starting redis-server on 127.0.0.1:6379"
     mkdir -p /tmp/seatkeeper-redis

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use reqwest::Method;
 use seatkeeper_core::domain::Ident;
 use seatkeeper_core::ops::sweep::SweepScope;
@@ -39,6 +39,8 @@ enum Command {
     Migrate,
     /// Administer a deployment through its API (token from SEATKEEPER_ADMIN_TOKEN).
     Admin(AdminArgs),
+    /// Print a shell completion script, e.g. `seatkeeper completions bash > /etc/bash_completion.d/seatkeeper`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Args)]
@@ -122,6 +124,13 @@ enum LicenseVerb {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        // Into a buffer first: a closed pipe (`| head`) must not panic inside the generator.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "seatkeeper", &mut script);
+        let _ = std::io::stdout().write_all(&script);
+        return ExitCode::SUCCESS;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
         match cli.command {
@@ -129,6 +138,7 @@ fn main() -> ExitCode {
             Command::Sweep { full, license } => sweep(full, license).await,
             Command::Migrate => migrate().await,
             Command::Admin(args) => admin(args).await,
+            Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         }
     })
 }

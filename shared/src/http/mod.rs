@@ -765,10 +765,10 @@ async fn put_license(svc: &Service, req: &Request, params: &BTreeMap<String, Str
             .iter()
             .map(|(name, v)| {
                 let path = feature_field(name, None);
-                if !v.is_object() {
+                let Value::Object(policy) = v else {
                     return Err(Error::invalid_owned(path.clone(), format!("{path} must be an object")));
-                }
-                serde_json::from_value::<FeaturePolicyInput>(v.clone())
+                };
+                serde_json::from_value::<FeaturePolicyInput>(Value::Object(whole_numbers(policy)))
                     .map(|p| (name.clone(), p))
                     .map_err(|e| Error::invalid_owned(path.clone(), format!("{path}: {e}")))
             })
@@ -782,6 +782,25 @@ async fn put_license(svc: &Service, req: &Request, params: &BTreeMap<String, Str
         out["key"] = key.into();
     }
     Ok(json_response(if written.created { StatusCode::CREATED } else { StatusCode::OK }, out))
+}
+
+/// A policy with its integral floats (`90.0`, as some JSON encoders write every number) made
+/// integers: JSON does not tell `90.0` from `90`, nor does the document's `integer` (JSON Schema
+/// counts a number with no fractional part as an integer), so both are the whole number 90.
+/// Fractions and values beyond 2^53 (not exact as floats, and out of every policy bound) stay as
+/// given, for the policy's own checks to refuse.
+fn whole_numbers(policy: &Map<String, Value>) -> Map<String, Value> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    policy
+        .iter()
+        .map(|(k, v)| {
+            let whole = match v.as_f64() {
+                Some(f) if v.is_f64() && f.fract() == 0.0 && f.abs() <= EXACT => Some(Value::from(f as i64)),
+                _ => None,
+            };
+            (k.clone(), whole.unwrap_or_else(|| v.clone()))
+        })
+        .collect()
 }
 
 async fn delete_license(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
@@ -845,6 +864,21 @@ mod tests {
             }
         }
         assert!(literal_segments("/api/licenses/sessions") > literal_segments("/api/licenses/{licenseId}"));
+    }
+
+    #[test]
+    fn integral_floats_of_a_policy_are_whole_numbers() {
+        let policy = json!({"maxSessions": 10.0, "leaseTtlSeconds": -1.0, "heartbeatIntervalSeconds": 2.5,
+                            "resurrectWindowSeconds": 1e300, "maxSessionsPerUser": 3, "onLimit": "reject"});
+        let Value::Object(policy) = policy else { unreachable!() };
+        let out = Value::Object(whole_numbers(&policy));
+        assert_eq!(out["maxSessions"], json!(10));
+        assert!(out["maxSessions"].is_u64());
+        assert!(out["leaseTtlSeconds"].is_i64());
+        assert!(out["heartbeatIntervalSeconds"].is_f64(), "a fraction stays, to be refused");
+        assert!(out["resurrectWindowSeconds"].is_f64(), "beyond 2^53 stays, to be refused");
+        assert_eq!(out["maxSessionsPerUser"], json!(3));
+        assert_eq!(out["onLimit"], "reject");
     }
 
     #[test]

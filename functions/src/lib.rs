@@ -25,12 +25,22 @@ pub async fn service() -> Result<Arc<Service>, Error> {
     Ok(Arc::new(Service::connect(config).await?))
 }
 
+/// How long a function spends, after its answer is made, moving the history its request wrote to
+/// the outbox into the ledger. A ledger that is away costs a request at most this; what is left
+/// waits in Redis for the next request on that license or the sweeper.
+pub const HISTORY_BUDGET: std::time::Duration = std::time::Duration::from_millis(150);
+
 /// Serves one route of the core's route table under the Lambda runtime.
 pub async fn serve(op: Op) -> Result<(), Error> {
     let svc = service().await?;
     lambda_http::run_concurrent(service_fn(move |req: Request| {
         let svc = Arc::clone(&svc);
-        async move { Ok::<_, Infallible>(handle(&svc, op, req).await) }
+        async move {
+            let response = handle(&svc, op, req).await;
+            // No work survives the answer on Lambda (the instance freezes): the history goes now.
+            svc.flush_history(HISTORY_BUDGET).await;
+            Ok::<_, Infallible>(response)
+        }
     }))
     .await
 }

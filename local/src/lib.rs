@@ -99,6 +99,14 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // History leaves the outbox in the background, as soon as a request has written it.
+    svc.start_history_writer();
+    let finished = svc.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // What this process wrote and has not moved yet; anything left waits in Redis.
+        finished.flush_history(Duration::from_secs(2)).await;
+    };
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -434,6 +442,21 @@ fn raw_response(err: ApiError) -> Vec<u8> {
 
 /// Runs the scheduled sweep every `interval`, forever. A failed run is logged; the next one
 /// finishes the job.
+/// Moves every slot's outbox into the ledger at the start and then every `interval`: what a
+/// process that died (or another instance) left behind, between the sweeps.
+pub async fn drain_history_every(svc: Service, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match svc.drain_all_history().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "moved history left in the outbox into the ledger"),
+            Err(e) => tracing::warn!(error = %e, "could not list the slots to drain; trying again later"),
+        }
+    }
+}
+
 pub async fn sweep_every(svc: Service, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

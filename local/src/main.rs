@@ -186,6 +186,7 @@ async fn serve(listen: SocketAddr) -> ExitCode {
     let _ = writeln!(std::io::stdout(), "seatkeeper serving on http://{bound}");
     tracing::info!(listen = %bound, max_connections = limits.max_connections, "seatkeeper serving");
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
+    tokio::spawn(seatkeeper_local::drain_history_every(svc.clone(), std::time::Duration::from_secs(30)));
     // A Redis that evicts keys can end live sessions: say so at the start (and /health says so).
     let seats = svc.seats().clone();
     tokio::spawn(async move {

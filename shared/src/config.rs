@@ -10,6 +10,9 @@ use crate::error::Error;
 /// instance holds its own pool, so this stays small; the local runner may want more.
 pub const DEFAULT_LEDGER_POOL_SIZE: u32 = 8;
 
+/// Entries a slot's outbox holds at most before creates answer 503 (`SEATKEEPER_OUTBOX_LIMIT`).
+pub const DEFAULT_OUTBOX_LIMIT: u64 = 50_000;
+
 /// The Redis URL may carry a password (`rediss://user:password@host:6380`, an ElastiCache AUTH
 /// token), and the ledger's URL too: `Debug` shows them through `redact_url`, and the admin token
 /// not at all.
@@ -37,6 +40,10 @@ pub struct Config {
     /// How long a license looked up by key is reused without the ledger
     /// (`SEATKEEPER_LICENSE_CACHE_SECONDS`, default 5; 0 turns the cache off).
     pub license_cache: Duration,
+    /// How many entries each (license, feature)'s outbox may hold while the ledger is away
+    /// (`SEATKEEPER_OUTBOX_LIMIT`, default 50,000, about 10 MB of Redis per slot): past it new
+    /// seats answer 503 until writers have drained it; ends and refusals go on.
+    pub outbox_limit: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -53,6 +60,7 @@ impl std::fmt::Debug for Config {
             ledger_pool_size,
             cors_origins,
             license_cache,
+            outbox_limit,
         } = self;
         f.debug_struct("Config")
             .field("redis_url", &redact_url(redis_url))
@@ -65,6 +73,7 @@ impl std::fmt::Debug for Config {
             .field("ledger_pool_size", ledger_pool_size)
             .field("cors_origins", cors_origins)
             .field("license_cache", license_cache)
+            .field("outbox_limit", outbox_limit)
             .finish()
     }
 }
@@ -125,6 +134,15 @@ impl Config {
             },
             sweep_interval: Duration::from_secs(num("SEATKEEPER_SWEEP_INTERVAL_SECONDS", 900)?.into()),
             ledger_pool_size: num("SEATKEEPER_LEDGER_POOL_SIZE", DEFAULT_LEDGER_POOL_SIZE)?,
+            outbox_limit: match get("SEATKEEPER_OUTBOX_LIMIT") {
+                None => DEFAULT_OUTBOX_LIMIT,
+                Some(v) => v.trim().parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    Error::invalid(
+                        "SEATKEEPER_OUTBOX_LIMIT",
+                        "SEATKEEPER_OUTBOX_LIMIT must be a whole number, 1 or more",
+                    )
+                })?,
+            },
             license_cache: match get("SEATKEEPER_LICENSE_CACHE_SECONDS") {
                 None => Duration::from_secs(5),
                 Some(v) => Duration::from_secs(v.trim().parse::<u64>().map_err(|_| {
@@ -172,6 +190,9 @@ mod tests {
         assert_eq!(c.defaults.lease_ttl_seconds, 90);
         assert_eq!(c.defaults.heartbeat_interval_seconds, 30);
         assert_eq!(c.sweep_interval, Duration::from_secs(900));
+        assert_eq!(c.outbox_limit, DEFAULT_OUTBOX_LIMIT);
+        assert_eq!(config(&[("SEATKEEPER_OUTBOX_LIMIT", "10")]).unwrap().outbox_limit, 10);
+        assert!(config(&[("SEATKEEPER_OUTBOX_LIMIT", "0")]).is_err());
     }
 
     #[test]

@@ -591,6 +591,22 @@ fn host_port(url: &str) -> String {
 
 // ---- the app under test ----
 
+/// A seat as the service would ask the seat store for one, for tests that call the store
+/// directly: no device, idempotency key, cache or metadata, and room in the outbox.
+pub fn direct_seat<'a>(session_id: &'a str, user: &'a str, token_hash: &'a str) -> seatkeeper_core::seats::NewSeat<'a> {
+    seatkeeper_core::seats::NewSeat {
+        session_id,
+        user,
+        device: None,
+        token_hash,
+        idempotency_key: None,
+        sealed_secret: &[0; 32],
+        license_cached: false,
+        metadata_json: None,
+        outbox_limit: 1_000,
+    }
+}
+
 /// The answers to creates sent while a store stalls: each must be a `201` or a
 /// `503 store_unavailable`, nothing else. Returns how many of each: (admitted, refused).
 pub async fn admitted_or_unavailable(creates: Vec<tokio::task::JoinHandle<Resp>>) -> (u64, u64) {
@@ -641,11 +657,19 @@ pub struct Options {
     pub cors_origins: Vec<String>,
     /// `SEATKEEPER_ADMIN_AUTH=iam`.
     pub admin_iam: bool,
+    /// `SEATKEEPER_OUTBOX_LIMIT`; `None`: the default.
+    pub outbox_limit: Option<u64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { proxy: false, admin_token: Some(ADMIN_TOKEN.to_owned()), cors_origins: Vec::new(), admin_iam: false }
+        Options {
+            proxy: false,
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            cors_origins: Vec::new(),
+            admin_iam: false,
+            outbox_limit: None,
+        }
     }
 }
 
@@ -697,7 +721,12 @@ impl TestApp {
             ledger_pool_size: seatkeeper_core::config::DEFAULT_LEDGER_POOL_SIZE,
             ..Config::from_lookup(|_| None).expect("default configuration")
         };
-        let config = Config { cors_origins: opts.cors_origins.clone(), admin_iam: opts.admin_iam, ..config };
+        let config = Config {
+            cors_origins: opts.cors_origins.clone(),
+            admin_iam: opts.admin_iam,
+            outbox_limit: opts.outbox_limit.unwrap_or(config.outbox_limit),
+            ..config
+        };
         let svc = Service::connect(config).await.expect("service connects to its stores");
         svc.migrate().await.expect("ledger migrations apply");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -919,8 +948,15 @@ impl TestApp {
         pool.close().await;
     }
 
-    /// A ledger session row's status, straight from the database.
+    /// Moves every slot's outbox into the ledger now, so that what the requests so far wrote is
+    /// in the ledger (draining is idempotent: the runner's own writer may be at it too).
+    pub async fn history(&self) {
+        self.svc.drain_all_history().await.expect("the outbox drains into the ledger");
+    }
+
+    /// A ledger session row's status, straight from the database once the outbox is drained.
     pub async fn ledger_status(&self, session_id: &str) -> Option<String> {
+        self.history().await;
         self.svc.ledger().session(session_id).await.expect("ledger read").map(|r| r.status)
     }
 }

@@ -405,6 +405,7 @@ async fn heartbeat_is_one_redis_command_and_no_ledger_write(b: Backend) {
     let (sid, token) = (sid_of(&s), token_of(&s));
     // Warm up: the heartbeat script is in Redis's script cache from now on.
     assert_eq!(app.heartbeat(&token).await.status, 200);
+    app.history().await;
     let row_before = app.svc.ledger().session(&sid).await.unwrap().expect("ledger row");
     let pool = app.db.pool().await;
     let events = || async {

@@ -229,6 +229,8 @@ async fn orphans_both_ways_are_removed(b: Backend) {
     let e = sid(&create_on(&app, &k1, "ue", "short", None).await); // runs out
     assert_eq!(app.cleanup(&tok(&d)).await.body, json!({"ended": true}));
     let d = sid(&d);
+    // The ledger has every row and end before the stores are tampered with.
+    app.history().await;
 
     orphan_seat(&app, &pool, &l1, "f", &a).await;
     orphan_row(&app, &l1, "f", &bb).await;
@@ -307,6 +309,9 @@ async fn flushall_rebuilds_from_the_ledger(b: Backend) {
     let s1 = app.create_ok(&key, "u1").await;
     let s2 = app.create_ok(&key, "u2").await;
     let mut c = app.redis_conn().await;
+    // Redis loses its data once the history is in the ledger: what the outbox still held
+    // is lost with it (README.md, "History").
+    app.history().await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
     assert_eq!(app.all_leases(&license, "f").await, 0, "the seat store lost everything");
 
@@ -331,48 +336,41 @@ async fn flushall_rebuilds_from_the_ledger(b: Backend) {
 
 // ---- 5. the ledger goes down ----
 
-async fn ledger_outage_is_repaired_by_the_sweep(b: Backend) {
+async fn ledger_outage_is_caught_up_after(b: Backend) {
     let app = TestApp::start_with(b, Options { proxy: true, ..Default::default() }).await;
     let proxy = app.proxy.as_ref().expect("proxy");
     let (license, key) = app.simple_license(json!({"maxSessions": 5, "leaseTtlSeconds": 60})).await;
     let s1 = app.create_ok(&key, "u1").await;
+    app.history().await;
 
     proxy.cut();
-    let refused = app.create(&key, json!({"userId": "u2", "feature": "f"})).await;
-    refused.expect_error(503, "store_unavailable");
-    assert!(refused.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok()), "{refused:?}");
-    assert_eq!(app.all_leases(&license, "f").await, 1, "no seat was taken");
-    // The seat store alone serves heartbeats and ends.
+    // The seat store alone serves logins (the license is known from a lookup before), heartbeats
+    // and ends; their history waits in the slot's outbox.
+    let s2 = app.create_ok(&key, "u2").await;
     let hb = app.heartbeat(&tok(&s1)).await;
     assert_eq!(hb.status, 200, "{hb:?}");
     let end = app.cleanup(&tok(&s1)).await;
     assert_eq!((end.status, end.body.clone()), (200, json!({"ended": true})), "{end:?}");
-    assert_eq!(app.all_leases(&license, "f").await, 0, "the seat is free");
+    assert_eq!(app.all_leases(&license, "f").await, 1, "s1's seat is free, s2 holds one");
 
     proxy.restore();
-    // Read the ledger on the test's own connection: the end did not reach it.
-    let pool = app.db.pool().await;
-    let status =
-        count(&pool, format!("SELECT COUNT(*) FROM sessions WHERE session_id = '{}' AND status = 'active'", sid(&s1)))
-            .await;
-    assert_eq!(status, 1, "the ledger missed the end");
+    assert_eq!(app.ledger_status(&sid(&s1)).await.as_deref(), Some("ended"));
+    assert_eq!(app.ledger_status(&sid(&s2)).await.as_deref(), Some("active"));
+    // Nothing was left for the sweep to mend.
     let r = app.admin(Method::POST, "/api/licenses/cleanup-sessions", Some(json!({"licenseId": license}))).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["repaired"], 1, "{r:?}");
-    assert_eq!((r.body["expired"].clone(), r.body["orphansRemoved"].clone()), (json!(0), json!(0)), "{r:?}");
-    assert_eq!(app.ledger_status(&sid(&s1)).await.as_deref(), Some("ended"));
-    // And the service is whole again.
-    app.create_ok(&key, "u2").await;
+    assert_eq!((r.body["repaired"].clone(), r.body["orphansRemoved"].clone()), (json!(0), json!(0)), "{r:?}");
+    app.create_ok(&key, "u3").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_ledger_outage_is_repaired_by_the_sweep() {
-    ledger_outage_is_repaired_by_the_sweep(Backend::Postgres).await
+async fn postgres_ledger_outage_is_caught_up_after() {
+    ledger_outage_is_caught_up_after(Backend::Postgres).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_ledger_outage_is_repaired_by_the_sweep() {
-    ledger_outage_is_repaired_by_the_sweep(Backend::MySql).await
+async fn mysql_ledger_outage_is_caught_up_after() {
+    ledger_outage_is_caught_up_after(Backend::MySql).await
 }
 
 // ---- 6. two sweeps at once, and a sweep killed halfway ----
@@ -444,8 +442,11 @@ async fn killed_sweep_is_finished_by_the_next(b: Backend) {
     }
     println!("killed the sweep with {done_before} of {MANY_DUE} recorded");
 
+    // Leases end in Redis with their ends in the outbox, then the outbox drains: the next sweep
+    // expires what the killed one had not reached and drains the rest, each end once.
     let finish = sweep(&app, false).await;
-    assert_eq!(finish.expired, MANY_DUE as u64 - done_before, "the next sweep does the rest, once: {finish:?}");
+    assert!(finish.expired <= MANY_DUE as u64 - done_before, "nothing expired twice: {finish:?}");
+    assert_eq!(finish.failed_slots, 0, "{finish:?}");
     assert_all_expired_once(&app, &pool, &license).await;
     let after = sweep(&app, true).await;
     assert_eq!((after.expired, after.orphans_removed(), after.repaired), (0, 0, 0), "{after:?}");
@@ -687,6 +688,7 @@ async fn sweep_cost_follows_what_is_due(b: Backend) {
     //   ~2,000;
     // - the live slot's lease count equals its ledger count, so it is never read member by member:
     //   no ZRANGE of the whole slot (snapshot.lua's pattern, one record read per lease);
+    // - each expiry appends its end to the slot's outbox (one XADD), drained in a batch;
     // - in all, a few commands per due lease, far below one per live session.
     assert!(n("hget") <= 3 * DUE as u64 + 10, "record reads follow the due count: {calls:?}");
     assert_eq!(n("zrange"), 0, "no full read of a slot: {calls:?}");
@@ -695,7 +697,7 @@ async fn sweep_cost_follows_what_is_due(b: Backend) {
     // a three-master cluster triples it, so it is left out of the per-lease total.
     let setup = ["info", "config|resetstat", "script|load", "ping", "cluster|slots"];
     let total: u64 = calls.iter().filter(|(k, _)| !setup.contains(&k.as_str())).map(|(_, v)| v).sum();
-    assert!(total < 10 * DUE as u64 + 50, "{total} commands for {DUE} due leases beside {LIVE} live: {calls:?}");
+    assert!(total < 11 * DUE as u64 + 50, "{total} commands for {DUE} due leases beside {LIVE} live: {calls:?}");
 
     // A full pass, by contrast, reads every live session (this is what the count check avoids).
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await.unwrap();

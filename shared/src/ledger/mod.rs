@@ -2,8 +2,9 @@
 //! from. This module holds the `Ledger` trait and the rows it speaks; each backend is a room of
 //! its own, and nothing outside this folder names one:
 //! - [`sql`]: SQLite, PostgreSQL and MySQL/MariaDB through sqlx's `Any` driver with portable SQL;
-//! - [`dynamo`] (feature `dynamodb`): DynamoDB, for Lambda;
-//! - [`writer`]: the group-commit writer that batches session inserts in front of either.
+//! - [`dynamo`] (feature `dynamodb`): DynamoDB, for Lambda.
+//!
+//! Session history reaches it through the seat store's outbox (`service::outbox`), in batches.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,6 @@ use crate::error::Result;
 pub mod dynamo;
 #[cfg(feature = "sql")]
 pub mod sql;
-pub mod writer;
 
 #[cfg(feature = "sql")]
 pub use sql::SqlLedger;
@@ -176,7 +176,7 @@ pub trait Ledger: Send + Sync {
     /// Records a new session and, in the same transaction, the ends it caused (takeover, eviction).
     /// A session already recorded is left as it is (a replayed create may write it first).
     async fn insert_session(&self, row: &SessionRow, ends: &[SessionEnd]) -> Result<()>;
-    /// Records what a group commit gathered: new sessions (each as `insert_session`) and ends of
+    /// Records a batch: new sessions (each as `insert_session`) and ends of
     /// sessions whose seats are already free (as `end_sessions`), in as few transactions as the
     /// backend allows. Returns each new session's result, in order, and the ids `ends` changed.
     /// (A wrapper around a ledger must pass this on, or it writes one row at a time.)

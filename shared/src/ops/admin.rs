@@ -78,6 +78,13 @@ impl Service {
                 return Err(Error::NotFound(format!("feature {feature} is not part of license {l}")));
             }
         }
+        // History still in an outbox first, so that a session is never shown as drift because
+        // the ledger has not taken its start or end yet.
+        for entry in self.ledger.slots().await? {
+            if entry.slot.feature == *feature && license.is_none_or(|l| *l == entry.slot.license) {
+                self.outbox.drain(&entry.slot).await?;
+            }
+        }
         let rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
         if rows.is_empty() && license.is_none() {
             return Err(Error::NotFound(format!(
@@ -247,6 +254,9 @@ impl Service {
             .license(license)
             .await?
             .ok_or_else(|| Error::NotFound(format!("license {license} not found")))?;
+        for feature in l.features.keys() {
+            self.outbox.drain(&Slot { license: license.clone(), feature: feature.clone() }).await?;
+        }
         let now = now_ms();
         let mut stats = self.ledger.stats(license, now - window_seconds as i64 * 1000, now).await?;
         let mut out = BTreeMap::new();

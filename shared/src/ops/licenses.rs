@@ -99,6 +99,7 @@ impl Service {
         let mut out = LicenseSessions { sessions: Vec::new(), features: BTreeMap::new(), now_ms: 0 };
         for (name, policy) in license.features.iter().filter(|(f, _)| feature.is_none_or(|want| want == *f)) {
             let slot = Slot { license: id.clone(), feature: name.clone() };
+            self.outbox.drain(&slot).await?;
             let snapshot = self.seats.snapshot(&slot).await?;
             out.now_ms = out.now_ms.max(snapshot.now_ms);
             out.features.insert(name.clone(), (policy.max_sessions, snapshot.seats_taken()));

@@ -6,8 +6,9 @@
 //! reads only due leases. Reconciliation reads a slot member by member only when asked for a full
 //! pass (the admin route and `seatkeeper sweep --full`), when the service marked the slot dirty (a
 //! ledger write it knows missed), or once an hour per slot for what nobody saw (a process killed
-//! between the two stores). Every step is idempotent and ordered ledger-first, so two
-//! sweeps at once, or one killed halfway, leave what the next run finishes.
+//! between the two stores). Every step is idempotent (expiries go through the slot's outbox, like
+//! every other end), so two sweeps at once, or one killed halfway, leave what the next run
+//! finishes.
 //!
 //! Housekeeping never ends a live session: creates, heartbeats and ends run beside it, so the two
 //! reads it compares are never one instant. It acts on a difference only once the store that
@@ -32,14 +33,13 @@ use crate::service::Service;
 const BATCH: usize = 500;
 /// How often the scheduled sweep reconciles each slot member by member.
 const RECONCILE_EVERY_MS: i64 = 3_600_000;
-/// Slots swept at once: their expiry ends share the group commit's transactions, and their Redis
-/// round trips overlap the writer's commits.
+/// Slots swept at once: their Redis round trips overlap the ledger's commits.
 const SLOTS_AT_ONCE: usize = 32;
 /// Of those, how many compare members or revoke at once: these read the ledger on pool
 /// connections, which requests need too (SQLite's pool has 4, the others 8 by default).
 const LEDGER_WORK_AT_ONCE: usize = 2;
-/// A seat younger than this may still be waiting for its ledger row (a create in flight waits at
-/// most `LEDGER_WRITE_TIMEOUT` for it); likewise a removed feature's slot is forgotten only this
+/// A seat younger than this may still have its ledger row in flight (its start in an outbox
+/// batch being committed); likewise a removed feature's slot is forgotten only this
 /// long after its removal, once no create that read the old license can still write a row.
 const ORPHAN_GRACE_MS: i64 = 30_000;
 
@@ -184,30 +184,21 @@ impl Service {
         report: &mut SweepReport,
     ) -> Result<()> {
         self.move_rejections(slot).await?;
-        // 1. Leases that ran out: ledger first, then the seat store, so a kill in between repeats
-        //    harmless work and loses none.
+        // 1. Leases that ran out end in the seat store, their ends going to the outbox in the
+        //    same step; then the outbox goes to the ledger, so that what follows compares two
+        //    stores that agree on everything but what happens meanwhile.
         loop {
             let due = self.seats.due(slot, BATCH).await?;
             if due.is_empty() {
                 break;
             }
-            let ends: Vec<SessionEnd> = due
-                .iter()
-                .map(|d| SessionEnd {
-                    session_id: d.session_id.clone(),
-                    reason: EndReason::Expired,
-                    ended_at_ms: d.expired_ms,
-                    last_heartbeat_at_ms: Some(d.last_heartbeat_ms),
-                })
-                .collect();
-            // Through the group commit: the slots swept at once share its transactions.
-            report.expired += self.writer.end(ends).await? as u64;
             let ids: Vec<String> = due.iter().map(|d| d.session_id.clone()).collect();
-            self.seats.expire(slot, &ids).await?;
+            report.expired += self.seats.expire(slot, &ids).await?;
             if due.len() < BATCH {
                 break;
             }
         }
+        self.outbox.drain(slot).await?;
 
         // 2. Reconciliation: a slot that lost its data is rebuilt; otherwise two counts decide
         //    whether the slot needs reading member by member.
@@ -264,6 +255,11 @@ impl Service {
                     }
                 }
                 None if entry.created_ms.is_none_or(|c| snapshot.now_ms - c > ORPHAN_GRACE_MS) => {
+                    // Its start may have reached the outbox after the drain above.
+                    self.outbox.drain(slot).await?;
+                    if self.ledger.session(&entry.session_id).await?.is_some() {
+                        continue;
+                    }
                     self.seats.remove_orphan(slot, &entry.session_id).await?;
                     report.orphan_seats += 1;
                     tracing::warn!(license = %slot.license, feature = %slot.feature, session_id = entry.session_id, "removed a seat with no ledger row");

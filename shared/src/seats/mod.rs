@@ -287,6 +287,58 @@ impl SlotKeys {
     pub fn idempotency(&self, key: Option<&str>) -> String {
         format!("{}i:{}", self.prefix, key.unwrap_or(""))
     }
+    /// The slot's outbox: the stream of session changes the ledger has yet to take.
+    pub fn outbox(&self) -> String {
+        format!("{}ob", self.prefix)
+    }
+}
+
+/// One entry of a slot's outbox (see `lua/prelude.lua`), as the scripts wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboxEvent {
+    /// A session admitted: its ledger row.
+    Start {
+        session_id: String,
+        user: String,
+        device: Option<String>,
+        token_hash: String,
+        idempotency_key: Option<String>,
+        metadata: Option<String>,
+        created_ms: i64,
+        expires_ms: i64,
+    },
+    /// A session over.
+    End { session_id: String, reason: EndReason, at_ms: i64, last_heartbeat_ms: i64 },
+}
+
+impl OutboxEvent {
+    fn parse(fields: &std::collections::HashMap<String, String>) -> Result<Self> {
+        let get = |k: &str| fields.get(k).cloned().ok_or_else(|| unexpected(&format!("outbox entry without {k}")));
+        let opt = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
+        let int = |k: &str| get(k)?.parse::<i64>().map_err(|_| unexpected(&format!("outbox entry's {k}")));
+        Ok(match get("k")?.as_str() {
+            "start" => OutboxEvent::Start {
+                session_id: get("s")?,
+                user: get("u")?,
+                device: opt("d"),
+                token_hash: get("th")?,
+                idempotency_key: opt("ik"),
+                metadata: opt("m"),
+                created_ms: int("c")?,
+                expires_ms: int("e")?,
+            },
+            "end" => {
+                let r = get("r")?;
+                OutboxEvent::End {
+                    session_id: get("s")?,
+                    reason: EndReason::parse(&r).ok_or_else(|| unexpected(&format!("outbox end reason {r}")))?,
+                    at_ms: int("at")?,
+                    last_heartbeat_ms: int("hb")?,
+                }
+            }
+            other => return Err(unexpected(&format!("outbox entry kind {other}"))),
+        })
+    }
 }
 
 /// A session to admit.
@@ -302,6 +354,10 @@ pub struct NewSeat<'a> {
     /// The license (and so the policy's version) came from a cache: the script answers `Stale`
     /// rather than admit when the slot holds a newer version.
     pub license_cached: bool,
+    /// The client's metadata, as JSON, for the session's ledger row.
+    pub metadata_json: Option<&'a str>,
+    /// How many entries the slot's outbox may hold before creates answer `Backlog`.
+    pub outbox_limit: u64,
 }
 
 /// A feature policy with the license version it comes from: only a newer one overwrites the
@@ -341,6 +397,8 @@ pub enum CreateOutcome {
         retry_after_ms: i64,
     },
     IdempotencyConflict,
+    /// The slot's outbox is at its bound (the ledger has not taken history for long): no seat.
+    Backlog,
     /// The feature is being removed from its license.
     Revoked,
     Rebuild,
@@ -611,7 +669,12 @@ impl SeatStore {
             .arg(seat.idempotency_key.unwrap_or(""))
             .arg(idem_value);
         policy_args(&mut inv, policy);
-        inv.arg(RECORD_RETENTION_MS).arg(deadline).arg(if seat.license_cached { "1" } else { "0" });
+        inv.arg(RECORD_RETENTION_MS)
+            .arg(deadline)
+            .arg(if seat.license_cached { "1" } else { "0" })
+            .arg(seat.token_hash)
+            .arg(seat.metadata_json.unwrap_or(""))
+            .arg(seat.outbox_limit);
         let r = Reply(self.run(inv).await?);
         Ok(match r.tag()? {
             "ok" => {
@@ -644,6 +707,7 @@ impl SeatStore {
                 retry_after_ms: r.int(4)?,
             },
             "idem_conflict" => CreateOutcome::IdempotencyConflict,
+            "backlog" => CreateOutcome::Backlog,
             "revoked" => CreateOutcome::Revoked,
             "rebuild" => CreateOutcome::Rebuild,
             "stale" => CreateOutcome::Stale,
@@ -709,32 +773,19 @@ impl SeatStore {
         })
     }
 
-    /// Undoes an admission whose ledger write failed (or whose outcome is unknown): frees its seat
-    /// and brings back the sessions it ended at `created_ms` (`ended`), as they were. Returns how
-    /// many came back, or `None` when a replay of the create has answered for the session already
-    /// (`confirm`): then nothing changes.
-    pub async fn release(
-        &self,
-        slot: &Slot,
-        session_id: &str,
-        idempotency_key: Option<&str>,
-        created_ms: i64,
-        ended: &[String],
-    ) -> Result<Option<u64>> {
+    /// Undoes an admission whose outcome is unknown (its reply was lost): frees its seat and takes
+    /// its start out of the outbox. `Some(true)` when a seat was taken back, `None` when a replay
+    /// of the create has answered for the session already (`confirm`): then nothing changes.
+    pub async fn release(&self, slot: &Slot, session_id: &str, idempotency_key: Option<&str>) -> Result<Option<bool>> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(k.leases())
-            .key(k.sessions())
-            .key(k.idempotency(idempotency_key))
-            .arg(k.prefix())
-            .arg(session_id)
-            .arg(created_ms)
-            .arg(ended);
-        Ok(u64::try_from(self.run_int(inv).await?).ok())
+        inv.key(k.leases()).key(k.sessions()).key(k.idempotency(idempotency_key)).arg(k.prefix()).arg(session_id);
+        let n = self.run_int(inv).await?;
+        Ok((n >= 0).then_some(n == 1))
     }
 
-    /// For a replay whose session the ledger now holds: keeps the seat from being given back by
-    /// the create it repeats. False when that create has given it back already.
+    /// For a replay: keeps the seat from being given back by the create it repeats (whose reply
+    /// may have been lost). False when that create has given it back already.
     pub async fn confirm(&self, slot: &Slot, session_id: &str) -> Result<bool> {
         let k = SlotKeys::new(slot);
         let mut inv = self.scripts.confirm.prepare_invoke();
@@ -907,7 +958,50 @@ impl SeatStore {
 
     /// Removes a lease the ledger does not explain (an orphan seat) and its record.
     pub async fn remove_orphan(&self, slot: &Slot, session_id: &str) -> Result<()> {
-        self.release(slot, session_id, None, 0, &[]).await.map(drop)
+        self.release(slot, session_id, None).await.map(drop)
+    }
+
+    /// The oldest `count` entries of a slot's outbox, with their stream ids.
+    pub async fn outbox(&self, slot: &Slot, count: usize) -> Result<Vec<(String, OutboxEvent)>> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(SlotKeys::new(slot).outbox())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::seat_store)?;
+        entries
+            .into_iter()
+            .map(|(id, flat)| {
+                let fields: std::collections::HashMap<String, String> =
+                    flat.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect();
+                Ok((id, OutboxEvent::parse(&fields)?))
+            })
+            .collect()
+    }
+
+    /// Deletes outbox entries the ledger has committed.
+    pub async fn outbox_delete(&self, slot: &Slot, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("XDEL")
+            .arg(SlotKeys::new(slot).outbox())
+            .arg(ids)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(Error::seat_store)
+    }
+
+    /// How many entries a slot's outbox holds.
+    pub async fn outbox_len(&self, slot: &Slot) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XLEN").arg(SlotKeys::new(slot).outbox()).query_async(&mut conn).await.map_err(Error::seat_store)
     }
 
     async fn run_int(&self, inv: redis::ScriptInvocation<'_>) -> Result<i64> {

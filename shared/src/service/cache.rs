@@ -32,6 +32,14 @@ impl LicenseCache {
         entries.get(key_hash).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, l)| l.clone())
     }
 
+    /// The license a key hash named when last looked up, however long ago (not a key known to be
+    /// unknown): what a create may go on with while the ledger cannot be read, since the seat
+    /// store refuses a version older than its own (a key rotated or a feature removed since).
+    pub fn last_known(&self, key_hash: &str) -> Option<License> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key_hash).and_then(|(_, l)| l.clone())
+    }
+
     pub fn put(&self, key_hash: &str, license: Option<License>) {
         if self.ttl.is_zero() {
             return;
@@ -71,8 +79,19 @@ mod tests {
         c.put("unknown", None);
         assert_eq!(c.get("h").unwrap().unwrap().version, 1);
         assert!(c.get("unknown").unwrap().is_none());
+        assert_eq!(c.last_known("h").unwrap().version, 1);
+        assert!(c.last_known("unknown").is_none(), "an unknown key stays unknown");
         c.clear();
         assert!(c.get("h").is_none());
+    }
+
+    #[test]
+    fn an_expired_entry_is_still_the_last_known_license() {
+        let c = LicenseCache::new(Duration::from_millis(1));
+        c.put("h", Some(license()));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(c.get("h").is_none());
+        assert_eq!(c.last_known("h").unwrap().version, 1);
     }
 
     #[test]

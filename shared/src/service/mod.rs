@@ -5,26 +5,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub mod cache;
+pub mod outbox;
 
 use crate::config::Config;
 use crate::domain::{validate_license_key, EndReason, FeaturePolicy, FeaturePolicyInput, Ident, License, Slot};
 use crate::error::{Error, Result};
-use crate::ledger::writer::Writer;
-use crate::ledger::NewSession;
-use crate::ledger::{Ledger, SessionEnd, SessionRow, ACTIVE};
+use crate::ledger::{Ledger, SessionEnd};
 use crate::seats::{
     CreateOutcome, EndOutcome, HeartbeatOutcome, NewSeat, PolicyApplied, RebuildSeat, SeatStore, Versioned,
 };
 use crate::token;
 use cache::LicenseCache;
+use outbox::Outbox;
 
-/// How long a create's ledger row may wait for a batch to take it. Past it the seat is given back
-/// and the client hears 503; a batch that has taken it is waited for (the ledger's lock and
-/// statement timeouts bound it). The sweep's grace for a seat without a row (30 s) is longer than
-/// both, so it never races a create.
-const LEDGER_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a logout waits for the ledger to record its end. The seat is free before it waits.
-const LEDGER_END_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Sessions of a removed feature ended per round trip.
 const REVOKE_BATCH: usize = 500;
 
@@ -33,8 +26,8 @@ pub struct Service {
     pub(crate) seats: SeatStore,
     pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) config: Arc<Config>,
-    /// Group commit of session rows and ends.
-    pub(crate) writer: Writer,
+    /// Moves the history the scripts append to each slot's outbox into the ledger.
+    pub(crate) outbox: Outbox,
     pub(crate) licenses: Arc<LicenseCache>,
 }
 
@@ -113,8 +106,8 @@ impl Health {
 impl Service {
     pub fn new(seats: SeatStore, ledger: Arc<dyn Ledger>, config: Config) -> Self {
         Service {
+            outbox: Outbox::new(seats.clone(), ledger.clone()),
             seats,
-            writer: Writer::new(ledger.clone()),
             licenses: Arc::new(LicenseCache::new(config.license_cache)),
             ledger,
             config: Arc::new(config),
@@ -142,6 +135,38 @@ impl Service {
         &self.ledger
     }
 
+    /// Starts the background writer that moves history from the outbox into the ledger (a
+    /// long-lived process; a function calls `flush_history` instead).
+    pub fn start_history_writer(&self) {
+        self.outbox.start();
+    }
+
+    /// Moves the history of the slots this process changed into the ledger, within `budget`;
+    /// whether all of it went (what is left waits in Redis for the next writer or sweep).
+    pub async fn flush_history(&self, budget: std::time::Duration) -> bool {
+        self.outbox.flush(budget).await
+    }
+
+    /// Moves one slot's history into the ledger now; how many entries went.
+    pub async fn drain_history(&self, slot: &Slot) -> Result<u64> {
+        self.outbox.drain(slot).await
+    }
+
+    /// Moves every slot's history into the ledger (a process's start picks up what one that died
+    /// left). Returns how many entries went; a slot that fails is left for later.
+    pub async fn drain_all_history(&self) -> Result<u64> {
+        let mut moved = 0;
+        for entry in self.ledger.slots().await? {
+            match self.outbox.drain(&entry.slot).await {
+                Ok(n) => moved += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, license = %entry.slot.license, feature = %entry.slot.feature, "history stays in the outbox for now")
+                }
+            }
+        }
+        Ok(moved)
+    }
+
     pub async fn create_session(&self, license_key: &str, req: CreateSession) -> Result<Session> {
         validate_license_key("Authorization", license_key)
             .map_err(|_| Error::Unauthorized("missing or malformed license key"))?;
@@ -158,7 +183,21 @@ impl Service {
                 Err(e) => return Err(e),
             }
         }
-        let license = self.read_license(&key_hash).await?.ok_or(Error::Unauthorized("unknown license key"))?;
+        let license = match self.read_license(&key_hash).await {
+            Ok(license) => license.ok_or(Error::Unauthorized("unknown license key"))?,
+            // The ledger cannot be read: a license this process read before still takes seats,
+            // because the seat store refuses a version older than its own. A login does not
+            // depend on the ledger being up.
+            Err(e @ Error::StoreUnavailable { .. }) => {
+                let Some(known) = self.licenses.last_known(&key_hash) else { return Err(e) };
+                return match self.create_for(license_key, known, req, true).await {
+                    Ok(Some(session)) => Ok(session),
+                    Ok(None) | Err(Error::NotFound(_)) => Err(e),
+                    Err(other) => Err(other),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         self.create_for(license_key, license, req, false)
             .await?
             .ok_or_else(|| Error::seat_store("the seat store found a license read just now stale"))
@@ -184,6 +223,7 @@ impl Service {
         let minted = token::mint_session_token(&slot, &session_id);
         let idem = req.idempotency_key.as_ref().map(Ident::as_str);
         let sealed = token::seal(&minted.secret, license_key, &slot, idem.unwrap_or(""), &session_id);
+        let metadata = req.metadata.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default());
         let seat = NewSeat {
             session_id: &session_id,
             user: req.user.as_str(),
@@ -192,6 +232,8 @@ impl Service {
             idempotency_key: idem,
             sealed_secret: &sealed,
             license_cached: cached,
+            metadata_json: metadata.as_deref(),
+            outbox_limit: self.config.outbox_limit,
         };
         let versioned = Versioned { policy: &policy, version: license.version };
         let outcome = match self.admit(&slot, versioned, &seat).await {
@@ -200,150 +242,85 @@ impl Service {
                 // The script may have run with its reply lost: take the seat back, so that the
                 // 503 the client hears changed nothing. (One that runs late refuses by itself.)
                 // A replay of it that has answered for the seat keeps it (`release` leaves it).
-                if let Err(release) = self.seats.release(&slot, &session_id, idem, 0, &[]).await {
+                if let Err(release) = self.seats.release(&slot, &session_id, idem).await {
                     tracing::warn!(error = %release, session_id, "could not take back a seat after a failed create; its lease runs out on its own");
                     self.mark_dirty(&slot).await;
                 }
                 return Err(e);
             }
         };
-        // A seat granted, new or replayed: what the client hears, and the ledger row behind it.
-        let (replay, session_id, token, created_ms, expires_ms, device, active, limit, hb, replaced, ends) =
-            match outcome {
-                CreateOutcome::Admitted {
+        // A seat granted, new or replayed: what the client hears. Its history is in the slot's
+        // outbox already, written by the same script.
+        let (replay, session_id, token, created_ms, expires_ms, device, active, limit, hb, replaced) = match outcome {
+            CreateOutcome::Admitted {
+                now_ms,
+                expires_ms,
+                active,
+                replaced,
+                evicted: _,
+                limit,
+                heartbeat_interval_seconds,
+            } => {
+                self.outbox.nudge(&slot);
+                let device = req.device.as_ref().map(|d| d.to_string());
+                let replaced = replaced.into_iter().next();
+                (
+                    false,
+                    session_id,
+                    minted,
                     now_ms,
-                    expires_ms,
-                    active,
-                    replaced,
-                    evicted,
-                    limit,
-                    heartbeat_interval_seconds,
-                } => {
-                    let ends: Vec<SessionEnd> = replaced
-                        .iter()
-                        .map(|sid| (sid, EndReason::Replaced))
-                        .chain(evicted.iter().map(|sid| (sid, EndReason::Evicted)))
-                        .map(|(sid, reason)| SessionEnd {
-                            session_id: sid.clone(),
-                            reason,
-                            ended_at_ms: now_ms,
-                            last_heartbeat_at_ms: None,
-                        })
-                        .collect();
-                    let device = req.device.as_ref().map(|d| d.to_string());
-                    let replaced = replaced.into_iter().next();
-                    (
-                        false,
-                        session_id,
-                        minted,
-                        now_ms,
-                        expires_ms,
-                        device,
-                        active,
-                        limit,
-                        heartbeat_interval_seconds,
-                        replaced,
-                        ends,
-                    )
-                }
-                CreateOutcome::Replay {
-                    session_id: replayed,
-                    sealed_secret,
-                    created_ms,
                     expires_ms,
                     device,
                     active,
                     limit,
                     heartbeat_interval_seconds,
-                } => {
-                    let secret = token::seal(&sealed_secret, license_key, &slot, idem.unwrap_or(""), &replayed);
-                    let token = token::session_token(&slot, &replayed, secret);
-                    (
-                        true,
-                        replayed,
-                        token,
-                        created_ms,
-                        expires_ms,
-                        device,
-                        active,
-                        limit,
-                        heartbeat_interval_seconds,
-                        None,
-                        Vec::new(),
-                    )
-                }
-                // The refusal was counted in the seat store, in the same step (the sweep moves the
-                // counts to the ledger): nothing to wait for here.
-                CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
-                    return Err(Error::SeatLimitReached {
-                        scope,
-                        limit,
-                        active,
-                        retry_after_seconds: crate::domain::seconds_until(0, retry_after_ms),
-                    })
-                }
-                CreateOutcome::IdempotencyConflict => {
-                    return Err(Error::invalid(
-                        "idempotencyKey",
-                        "idempotencyKey was already used by another user of this license and feature",
-                    ))
-                }
-                CreateOutcome::Revoked => return Err(not_found()),
-                CreateOutcome::Stale => return Ok(None),
-                CreateOutcome::Rebuild => return Err(Error::seat_store("the seat store could not be rebuilt")),
-            };
-        let row = SessionRow {
-            session_id: session_id.clone(),
-            license_id: license.id.to_string(),
-            feature: req.feature.to_string(),
-            user_id: req.user.to_string(),
-            device_id: device.clone(),
-            token_hash: token.hash.clone(),
-            idempotency_key: idem.map(str::to_owned),
-            metadata: req.metadata.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()),
-            status: ACTIVE.into(),
-            created_at_ms: created_ms,
-            last_heartbeat_at_ms: created_ms,
-            expires_at_ms: expires_ms,
-            ended_at_ms: None,
-        };
-        if replay {
-            // The create this repeats may not be in the ledger yet (still in flight, or its
-            // process died in between, or its write failing): answer only for a session the
-            // ledger holds, and only while its seat stands. `confirm` keeps that create from
-            // giving the seat back from now on, or finds it given back already.
-            let kept = async {
-                within_write_timeout(async {
-                    if self.ledger.session(&session_id).await?.is_none() {
-                        self.ledger.insert_session(&row, &[]).await?;
-                    }
-                    Ok(())
+                    replaced,
+                )
+            }
+            CreateOutcome::Replay {
+                session_id: replayed,
+                sealed_secret,
+                created_ms,
+                expires_ms,
+                device,
+                active,
+                limit,
+                heartbeat_interval_seconds,
+            } => {
+                let secret = token::seal(&sealed_secret, license_key, &slot, idem.unwrap_or(""), &replayed);
+                let token = token::session_token(&slot, &replayed, secret);
+                (true, replayed, token, created_ms, expires_ms, device, active, limit, heartbeat_interval_seconds, None)
+            }
+            // The refusal was counted in the seat store, in the same step (the sweep moves the
+            // counts to the ledger): nothing to wait for here.
+            CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
+                return Err(Error::SeatLimitReached {
+                    scope,
+                    limit,
+                    active,
+                    retry_after_seconds: crate::domain::seconds_until(0, retry_after_ms),
                 })
-                .await?;
-                match self.seats.confirm(&slot, &session_id).await? {
-                    true => Ok(()),
-                    false => Err(Error::ledger("the create this repeats failed and gave its seat back; try again")),
-                }
-            };
-            if let Err(e) = kept.await {
-                // A row this wrote (or is still writing) with no seat: the next sweep ends it.
-                self.mark_dirty(&slot).await;
-                return Err(e);
             }
-        } else {
-            let victims: Vec<String> = ends.iter().map(|e| e.session_id.clone()).collect();
-            if let Err(e) = self.writer.insert(NewSession { row, ends }, LEDGER_WRITE_TIMEOUT).await {
-                // Nothing half-done: the seat goes back, and the sessions this create ended come
-                // back as they were, before the client hears of the failure.
-                if let Err(release) = self.seats.release(&slot, &session_id, idem, created_ms, &victims).await {
-                    tracing::error!(error = %release, session_id, "could not undo a create after a failed ledger write; its lease runs out on its own");
-                }
-                // A row still queued is never written now, and a batch that took it has failed;
-                // but a commit that lost its connection may have landed all the same: the next
-                // sweep compares the slot member by member and ends the row.
-                self.mark_dirty(&slot).await;
-                return Err(e);
+            CreateOutcome::IdempotencyConflict => {
+                return Err(Error::invalid(
+                    "idempotencyKey",
+                    "idempotencyKey was already used by another user of this license and feature",
+                ))
             }
+            // The ledger has not taken this slot's history for long: no seat whose history
+            // could be lost. Retry-After comes with the 503.
+            CreateOutcome::Backlog => {
+                self.outbox.nudge(&slot);
+                return Err(Error::ledger("the ledger is behind on this license's history; try again shortly"));
+            }
+            CreateOutcome::Revoked => return Err(not_found()),
+            CreateOutcome::Stale => return Ok(None),
+            CreateOutcome::Rebuild => return Err(Error::seat_store("the seat store could not be rebuilt")),
+        };
+        // A replay answers for the seat of the create it repeats, whose reply may have been lost:
+        // `confirm` keeps that create from giving the seat back from now on, or finds it given back.
+        if replay && !self.seats.confirm(&slot, &session_id).await? {
+            return Err(Error::seat_store("the create this repeats gave its seat back; try again"));
         }
         let mut policy = policy;
         policy.max_sessions = limit;
@@ -397,7 +374,12 @@ impl Service {
             HeartbeatOutcome::Renewed { expires_ms, heartbeat_interval_seconds, resurrected } => {
                 Ok(Renewed { session_id: claims.session_id, expires_ms, heartbeat_interval_seconds, resurrected })
             }
-            HeartbeatOutcome::Gone(reason) => Err(Error::SessionExpired { reason }),
+            HeartbeatOutcome::Gone(reason) => {
+                // The script may have ended it just now (revoked, or a restored session that
+                // found no seat): its end is in the outbox.
+                self.outbox.nudge(slot);
+                Err(Error::SessionExpired { reason })
+            }
             HeartbeatOutcome::Unknown | HeartbeatOutcome::Rebuild => {
                 Err(match self.ended_in_ledger(&claims.session_id, &token_hash).await? {
                     Some(reason) => Error::SessionExpired { reason },
@@ -418,17 +400,8 @@ impl Service {
             outcome = self.seats.end(slot, sid, Some(&token_hash), EndReason::Ended).await?;
         }
         match outcome {
-            EndOutcome::Ended { at_ms, last_heartbeat_ms } => {
-                self.record_ends(
-                    slot,
-                    vec![SessionEnd {
-                        session_id: sid.clone(),
-                        reason: EndReason::Ended,
-                        ended_at_ms: at_ms,
-                        last_heartbeat_at_ms: Some(last_heartbeat_ms),
-                    }],
-                )
-                .await;
+            EndOutcome::Ended { .. } => {
+                self.outbox.nudge(slot);
                 Ok(Cleanup { ended: true, reason: None })
             }
             EndOutcome::Over(reason) => Ok(Cleanup { ended: false, reason: Some(reason) }),
@@ -436,21 +409,6 @@ impl Service {
                 Some(reason) => Ok(Cleanup { ended: false, reason: Some(reason) }),
                 None => Err(Error::Unauthorized("unknown session token")),
             },
-        }
-    }
-
-    /// Records ends in the ledger after the seat store has freed the seats. The seats are free
-    /// whatever happens here; an end the ledger misses, or that takes longer than
-    /// `LEDGER_END_WAIT` (the caller answers then, and the write goes on), marks the slot so that
-    /// the next sweep copies it there.
-    pub(crate) async fn record_ends(&self, slot: &Slot, ends: Vec<SessionEnd>) {
-        let n = ends.len();
-        let written = tokio::time::timeout(LEDGER_END_WAIT, self.writer.end(ends))
-            .await
-            .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, sessions = n, "ledger missed session ends; the sweep will record them");
-            self.mark_dirty(slot).await;
         }
     }
 
@@ -481,6 +439,8 @@ impl Service {
     async fn rebuild_slot(&self, slot: &Slot) -> Result<Option<u64>> {
         let Some(license) = self.ledger.license(&slot.license).await? else { return Ok(None) };
         let Some(policy) = license.features.get(&slot.feature) else { return Ok(None) };
+        // History still in the outbox first: an end not yet in the ledger must not come back.
+        self.outbox.drain(slot).await?;
         let seats: Vec<RebuildSeat> = self
             .ledger
             .active_sessions(slot)
@@ -557,18 +517,10 @@ impl Service {
             if batch.is_empty() {
                 break;
             }
-            let at = crate::domain::now_ms();
-            let ends: Vec<SessionEnd> = batch
-                .into_iter()
-                .map(|(session_id, hb)| SessionEnd {
-                    session_id,
-                    reason: EndReason::Revoked,
-                    ended_at_ms: at,
-                    last_heartbeat_at_ms: Some(hb),
-                })
-                .collect();
-            ended += self.ledger.end_sessions(&ends).await?.len() as u64;
+            ended += batch.len() as u64;
         }
+        // Their ends went to the outbox with them.
+        self.outbox.drain(slot).await?;
         // Rows whose seat had already gone (or never came): the feature is gone, so are they.
         let at = crate::domain::now_ms();
         let rest: Vec<SessionEnd> = self
@@ -618,10 +570,10 @@ impl Service {
     pub async fn health(&self) -> Health {
         let (seats, ledger) = tokio::join!(self.seats.problems(), self.ledger.ping());
         let ledger = ledger.ok().map(|()| {
-            self.writer
+            self.outbox
                 .failing()
                 .then(|| {
-                    "the ledger refused its last write (see the log); creates answer 503 until it takes one".into()
+                    "the ledger refused its last write (see the log); history waits in Redis until it takes one".into()
                 })
                 .into_iter()
                 .collect()
@@ -633,13 +585,6 @@ impl Service {
     pub async fn migrate(&self) -> Result<()> {
         self.ledger.migrate().await
     }
-}
-
-/// A create's ledger step, bounded by `LEDGER_WRITE_TIMEOUT`.
-async fn within_write_timeout<T>(write: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(LEDGER_WRITE_TIMEOUT, write)
-        .await
-        .unwrap_or_else(|_| Err(Error::ledger("the ledger write timed out")))
 }
 
 fn parse_token(session_token: &str) -> Result<(token::TokenClaims, String)> {

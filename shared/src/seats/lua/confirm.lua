@@ -1,6 +1,6 @@
--- A replay of a create answers 201 only once the ledger holds the session's row; this marks the
--- seat kept, so that the create it repeats (which may still be waiting on its own write, and give
--- the seat back when that fails: release.lua) leaves it alone from now on.
+-- A replay of a create answers 201 only while the create it repeats still holds its seat; this
+-- marks the seat kept, so that the create (whose reply may have been lost, and which then gives
+-- the seat back: release.lua) leaves it alone from now on.
 -- KEYS: sessions. ARGV: prefix, sid, how long the mark lasts (ms).
 -- Reply: 1 when the session is held (live, or recorded over); 0 when its create was undone.
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 and redis.call('EXISTS', ARGV[1] .. 'x:' .. ARGV[2]) == 0 then

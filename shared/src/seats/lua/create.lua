@@ -3,7 +3,8 @@
 -- KEYS: leases, cfg, sessions, idempotency key (a placeholder when none)
 -- ARGV: prefix, sid, user, device ('' none), token hash, idempotency key ('' none), idempotency value,
 --       limit, per_user (0 none), ttl ms, hb s, res ms, on_limit, policy version, retention ms,
---       deadline ms on the server's clock (0 none), '1' when the caller's license came from a cache
+--       deadline ms on the server's clock (0 none), '1' when the caller's license came from a cache,
+--       the token hash as the ledger keeps it, metadata JSON ('' none), the outbox's bound
 local leases, cfg, idem = KEYS[1], KEYS[2], KEYS[4]
 local prefix, sid, user, device = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local retention = tonumber(ARGV[15])
@@ -92,6 +93,11 @@ local function oldest_in(key)
 end
 
 local active = seats_taken(total, prov, p.limit)
+-- The outbox at its bound (the ledger has been away for long): no new seat whose history could
+-- not be kept. Refusals and ends still go on; a full license still answers that it is full.
+if (active < p.limit or p.on_limit == 'evict_idle') and redis.call('XLEN', prefix .. 'ob') >= tonumber(ARGV[20]) then
+  return {'backlog'}
+end
 local evicted = {}
 -- Evict only when that makes room: lowering a limit never cuts sessions to below it.
 if active >= p.limit and p.on_limit == 'evict_idle' and active == p.limit then
@@ -150,6 +156,9 @@ local exp = now + p.ttl
 put_live(prefix, sid, {user, device, ARGV[5], now, now})
 redis.call('ZADD', leases, s(exp), sid)
 user_add(prefix, user, sid)
+-- The session's ledger row, in the same step as its seat.
+redis.call('XADD', prefix .. 'ob', '*', 'k', 'start', 's', sid, 'u', user, 'd', device, 'th', ARGV[18],
+  'ik', ARGV[6], 'm', ARGV[19], 'c', s(now), 'e', s(exp))
 if ARGV[6] ~= '' then
   redis.call('SET', idem, ARGV[7], 'PX', s(p.ttl))
 end

@@ -1,4 +1,4 @@
--- Marks due leases expired once the ledger has recorded them; a lease renewed meanwhile is kept.
+-- Ends due leases (reason `expired`, their ends to the outbox); a lease renewed meanwhile is kept.
 -- Idempotent: a second sweep (or a concurrent one) finds nothing left to do.
 -- KEYS: leases, cfg, sessions. ARGV: prefix, retention ms, then session ids.
 local res = tonumber(redis.call('HGET', KEYS[2], 'res') or '0')

@@ -26,6 +26,11 @@
 --             for a rebuild from the ledger.
 --   rej       hash: minute (ms) -> refused creates in that minute, until the sweep moves them to
 --             the ledger.
+--   ob        stream: the slot's outbox, what changed its sessions, appended by the script that
+--             made the change: `start` (a new session's ledger row) and `end` (why and when one
+--             ended). Writers drain it into the ledger and delete only what committed, so history
+--             is never lost nor blocks a seat; creates refuse (503) while it holds more than the
+--             configured bound.
 --   i:<key>   string: an idempotency key -> session id (32) .. sealed token secret (32 bytes) ..
 --             user, for one lease length. The secret is sealed with the license key, which Redis
 --             never sees: nothing in Redis can be used as a credential.
@@ -132,9 +137,14 @@ end
 -- from the ledger instead.
 local GONE_SPARE = 64
 
+-- Appends a session's end to the slot's outbox, for the ledger.
+local function outbox_end(prefix, sid, reason, at, last_heartbeat)
+  redis.call('XADD', prefix .. 'ob', '*', 'k', 'end', 's', sid, 'r', reason, 'at', s(at), 'hb', s(last_heartbeat))
+end
+
 -- Ends a session: frees its seat at once and keeps its record, with the reason and its lease
 -- expiry, for `retention` (or until newer ends push it out: see `trim_gone`, which every script
--- that ends sessions calls once before it returns).
+-- that ends sessions calls once before it returns), and appends the end to the outbox.
 local function end_session(prefix, sid, r, reason, at, expiry, retention)
   redis.call('ZREM', prefix .. 'leases', sid)
   redis.call('ZREM', prefix .. 'prov', sid)
@@ -143,6 +153,7 @@ local function end_session(prefix, sid, r, reason, at, expiry, retention)
   redis.call('SET', prefix .. 'x:' .. sid, cmsgpack.pack({r[U], r[D], r[TH], r[C], r[H], reason, at, expiry}),
     'PX', s(retention))
   redis.call('ZADD', prefix .. 'gone', s(at), sid)
+  outbox_end(prefix, sid, reason, at, r[H])
 end
 
 -- Drops the oldest records of ended sessions beyond 2 x limit + GONE_SPARE.

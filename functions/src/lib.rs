@@ -25,7 +25,7 @@ pub async fn service() -> Result<Arc<Service>, Error> {
     Ok(Arc::new(Service::connect(config).await?))
 }
 
-/// How long a function spends, after its answer is made, moving the history its request wrote to
+/// How long a function spends, once its answer is made and before it hands it back, moving the history its request wrote to
 /// the outbox into the ledger. A ledger that is away costs a request at most this; what is left
 /// waits in Redis for the next request on that license or the sweeper.
 pub const HISTORY_BUDGET: std::time::Duration = std::time::Duration::from_millis(150);

@@ -226,6 +226,8 @@ impl Stack {
         let stats = Arc::new(LedgerStats::default());
         let timed = TimedLedger { inner: ledger.clone(), stats: stats.clone() };
         let svc = Service::new(seats, Arc::new(timed), cfg);
+        // As the runner does: history leaves the outbox in the background.
+        svc.start_history_writer();
         Ok(Stack { svc, ledger, stats })
     }
 

@@ -96,9 +96,17 @@ pub async fn raw_create(
         .arg(0)
         .arg(RECORD_RETENTION_MS)
         .arg(0)
+        .arg("0")
+        .arg(token_hash)
+        .arg("")
+        .arg(OUTBOX_UNBOUNDED)
         .query_async(conn)
         .await
 }
+
+/// The outbox bound the raw scripts pass: none, since nothing drains their outbox (a run writes
+/// far fewer entries than this).
+const OUTBOX_UNBOUNDED: u64 = 1 << 40;
 
 /// EVALSHA of heartbeat.lua as `SeatStore::heartbeat` sends it.
 pub async fn raw_heartbeat(

@@ -55,6 +55,28 @@ pub async fn serve_sweeper() -> Result<(), Error> {
     .await
 }
 
+/// Sends the webhooks that are due under the Lambda runtime (an EventBridge schedule, every
+/// minute): on Lambda nothing runs between invocations, so this is the sender. Fails the
+/// invocation when the queue cannot be read; a delivery that failed is retried by the queue.
+pub async fn serve_webhooks() -> Result<(), Error> {
+    let svc = service().await?;
+    lambda_runtime::run_concurrent(lambda_runtime::service_fn(move |_event: LambdaEvent<Value>| {
+        let svc = Arc::clone(&svc);
+        async move {
+            let report = svc.send_webhooks().await.map_err(|e| Diagnostic {
+                error_type: "WebhooksFailed".into(),
+                error_message: format!("the webhook queue could not be read: {e}"),
+            })?;
+            tracing::info!(?report, "webhooks sent");
+            Ok::<_, Diagnostic>(match report {
+                Some(r) => serde_json::json!({"delivered": r.delivered, "failed": r.failed, "givenUp": r.given_up}),
+                None => serde_json::json!({"webhooks": "not configured"}),
+            })
+        }
+    }))
+    .await
+}
+
 /// One sweep. Logs the report and its CloudWatch Embedded Metric Format line, then answers the
 /// report, or fails the invocation when any slot could not be swept: Lambda's `Errors` metric,
 /// alarms and the asynchronous retry then see a sweep that did not finish its work.

@@ -101,6 +101,8 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     // History leaves the outbox in the background, as soon as a request has written it.
     svc.start_history_writer();
+    // Webhooks, when configured, go from the queue the drain fills, never from a request.
+    svc.start_webhook_sender();
     let finished = svc.clone();
     let shutdown = async move {
         shutdown.await;

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 use crate::domain::PolicyDefaults;
 use crate::error::Error;
 
@@ -44,6 +47,8 @@ pub struct Config {
     /// (`SEATKEEPER_OUTBOX_LIMIT`, default 50,000, about 10 MB of Redis per slot): past it new
     /// seats answer 503 until writers have drained it; ends and refusals go on.
     pub outbox_limit: u64,
+    /// `SEATKEEPER_WEBHOOK_URL` and `SEATKEEPER_WEBHOOK_SECRET`: where events are POSTed, signed.
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -61,6 +66,7 @@ impl std::fmt::Debug for Config {
             cors_origins,
             license_cache,
             outbox_limit,
+            webhook,
         } = self;
         f.debug_struct("Config")
             .field("redis_url", &redact_url(redis_url))
@@ -74,6 +80,7 @@ impl std::fmt::Debug for Config {
             .field("cors_origins", cors_origins)
             .field("license_cache", license_cache)
             .field("outbox_limit", outbox_limit)
+            .field("webhook", webhook)
             .finish()
     }
 }
@@ -99,6 +106,81 @@ pub fn redact_url(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `SEATKEEPER_WEBHOOK_URL` and `SEATKEEPER_WEBHOOK_SECRET`.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secrets: Vec<WebhookSecret>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &redact_url(&self.url))
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+impl WebhookConfig {
+    /// Both set, or neither (no webhooks); one without the other is a mistake worth a refusal.
+    pub fn from_parts(url: Option<String>, secret: Option<String>) -> std::result::Result<Option<Self>, String> {
+        match (url.filter(|u| !u.trim().is_empty()), secret.filter(|s| !s.trim().is_empty())) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("SEATKEEPER_WEBHOOK_URL is set but SEATKEEPER_WEBHOOK_SECRET is not".into()),
+            (None, Some(_)) => Err("SEATKEEPER_WEBHOOK_SECRET is set but SEATKEEPER_WEBHOOK_URL is not".into()),
+            (Some(url), Some(secret)) => {
+                let url = url.trim().to_owned();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!("SEATKEEPER_WEBHOOK_URL must be an http:// or https:// URL, not {url:?}"));
+                }
+                let secrets =
+                    WebhookSecret::parse_list(&secret).map_err(|e| format!("SEATKEEPER_WEBHOOK_SECRET: {e}"))?;
+                Ok(Some(WebhookConfig { url, secrets }))
+            }
+        }
+    }
+}
+
+/// One signing key, decoded from its `whsec_<base64>` form.
+#[derive(Clone)]
+pub struct WebhookSecret(Vec<u8>);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(***)")
+    }
+}
+
+impl WebhookSecret {
+    /// Parses `whsec_<base64 key>`: the prefix is required, the key must decode to 24 to 64 bytes
+    /// (the specification's range).
+    pub fn parse(s: &str) -> Result<WebhookSecret, String> {
+        let b64 = s.trim().strip_prefix("whsec_").ok_or("a webhook secret has the form whsec_<base64 key>")?;
+        let key = STANDARD.decode(b64).map_err(|_| "the part after whsec_ is not base64".to_owned())?;
+        if !(24..=64).contains(&key.len()) {
+            return Err(format!("a webhook key holds 24 to 64 bytes; this one holds {}", key.len()));
+        }
+        Ok(WebhookSecret(key))
+    }
+
+    /// Parses a space- or comma-separated list of secrets (the first signs alone once the
+    /// others are dropped from the setting).
+    pub fn parse_list(s: &str) -> Result<Vec<WebhookSecret>, String> {
+        let list: Vec<WebhookSecret> =
+            s.split([' ', ',']).filter(|p| !p.is_empty()).map(WebhookSecret::parse).collect::<Result<_, _>>()?;
+        if list.is_empty() {
+            return Err("no webhook secret given".into());
+        }
+        Ok(list)
+    }
+
+    /// The HMAC key.
+    pub fn key(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl Config {
@@ -152,6 +234,8 @@ impl Config {
                     )
                 })?),
             },
+            webhook: WebhookConfig::from_parts(get("SEATKEEPER_WEBHOOK_URL"), get("SEATKEEPER_WEBHOOK_SECRET"))
+                .map_err(|m| Error::invalid("SEATKEEPER_WEBHOOK_URL", m))?,
             cors_origins: get("SEATKEEPER_CORS_ORIGINS")
                 .map(|v| {
                     v.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect()
@@ -177,6 +261,32 @@ mod tests {
     fn config(vars: &[(&str, &str)]) -> Result<Config, Error> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn both_settings_or_neither() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned();
+        assert!(WebhookConfig::from_parts(None, None).unwrap().is_none());
+        assert!(WebhookConfig::from_parts(Some("http://x".into()), None).unwrap_err().contains("SECRET"));
+        assert!(WebhookConfig::from_parts(None, Some(secret.clone())).unwrap_err().contains("URL"));
+        assert!(WebhookConfig::from_parts(Some("ftp://x".into()), Some(secret.clone())).unwrap_err().contains("http"));
+        let c = WebhookConfig::from_parts(Some("https://hooks.example/x".into()), Some(secret)).unwrap().unwrap();
+        assert!(!format!("{c:?}").contains("MfKQ"), "no secret in Debug");
+    }
+
+    #[test]
+    fn malformed_webhook_secrets_are_refused_with_a_reason() {
+        assert!(WebhookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_err().contains("whsec_"));
+        assert!(WebhookSecret::parse("whsec_!!!").unwrap_err().contains("base64"));
+        assert!(WebhookSecret::parse("whsec_AAAA").unwrap_err().contains("24 to 64"));
+        let two = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        assert_eq!(WebhookSecret::parse_list(two).unwrap().len(), 2);
+        assert!(WebhookSecret::parse_list("  ").is_err());
+        assert_eq!(
+            format!("{:?}", WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()),
+            "WebhookSecret(***)"
+        );
+        assert!(config(&[("SEATKEEPER_WEBHOOK_URL", "http://x")]).is_err(), "a URL without a secret");
     }
 
     #[test]

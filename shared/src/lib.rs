@@ -6,10 +6,11 @@
 //! - [`seats`]: the seat store on Redis, the authority on seats: one Lua script per operation
 //!   (`seats/lua/`), Redis's clock, one hash slot per license and feature.
 //! - [`ledger`]: the durable history behind the `Ledger` trait, one room per backend
-//!   (`ledger/sql.rs`: SQLite, PostgreSQL, MySQL/MariaDB; `ledger/dynamo.rs`: DynamoDB), and the
-//!   group-commit writer in front of them.
+//!   (`ledger/sql.rs`: SQLite, PostgreSQL, MySQL/MariaDB; `ledger/dynamo.rs`: DynamoDB).
+//! - [`webhooks`]: Standard Webhooks, queued in Redis from the outbox's drain and sent with
+//!   retries.
 //! - [`service`]: the operations in domain terms (create, heartbeat, end, policies), with its
-//!   license cache.
+//!   license cache and the outbox that carries history from Redis into the ledger.
 //! - [`ops`]: housekeeping and the operator's views over the service: the sweep, the admin views.
 //! - [`http`]: the route table and the contract's request and response shapes; the only layer that
 //!   knows HTTP.
@@ -24,6 +25,7 @@ pub mod seats;
 pub mod service;
 pub mod telemetry;
 pub mod token;
+pub mod webhooks;
 
 pub use config::Config;
 pub use domain::error;

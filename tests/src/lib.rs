@@ -659,6 +659,8 @@ pub struct Options {
     pub admin_iam: bool,
     /// `SEATKEEPER_OUTBOX_LIMIT`; `None`: the default.
     pub outbox_limit: Option<u64>,
+    /// `SEATKEEPER_WEBHOOK_URL` and `SEATKEEPER_WEBHOOK_SECRET`.
+    pub webhook: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -669,6 +671,7 @@ impl Default for Options {
             cors_origins: Vec::new(),
             admin_iam: false,
             outbox_limit: None,
+            webhook: None,
         }
     }
 }
@@ -725,6 +728,11 @@ impl TestApp {
             cors_origins: opts.cors_origins.clone(),
             admin_iam: opts.admin_iam,
             outbox_limit: opts.outbox_limit.unwrap_or(config.outbox_limit),
+            webhook: opts.webhook.as_ref().map(|(url, secret)| {
+                seatkeeper_core::config::WebhookConfig::from_parts(Some(url.clone()), Some(secret.clone()))
+                    .expect("test webhook settings")
+                    .expect("both set")
+            }),
             ..config
         };
         let svc = Service::connect(config).await.expect("service connects to its stores");
@@ -1019,7 +1027,13 @@ pub async fn spawn_runner(
 impl RunnerProcess {
     /// Starts it and waits until it answers HTTP.
     pub async fn start(redis_url: &str, ledger_url: &str) -> Self {
+        Self::start_with(redis_url, ledger_url, &[]).await
+    }
+
+    /// Starts it with more environment variables.
+    pub async fn start_with(redis_url: &str, ledger_url: &str, env: &[(&str, &str)]) -> Self {
         let mut command = tokio::process::Command::new(seatkeeper_bin());
+        command.envs(env.iter().copied());
         command
             .env("SEATKEEPER_REDIS_URL", redis_url)
             .env("SEATKEEPER_LEDGER_URL", ledger_url)

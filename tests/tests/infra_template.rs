@@ -175,10 +175,11 @@ fn every_route_has_exactly_one_function_and_api_route() {
     let extra: Vec<_> = routes.keys().filter(|k| !expected_keys.contains(*k)).collect();
     assert!(extra.is_empty(), "API routes that the route table does not have: {extra:?}");
 
-    // Besides the routes' functions there is the sweeper, and nothing else.
+    // Besides the routes' functions there are the sweeper and the webhook sender, and nothing else.
     let others: Vec<_> = functions.keys().filter(|f| !route_functions.contains(*f)).collect();
-    assert_eq!(others, ["SweeperFunction"], "functions that serve no route");
+    assert_eq!(others, ["SweeperFunction", "WebhooksFunction"], "functions that serve no route");
     assert_eq!(functions["SweeperFunction"].binary, "sweeper");
+    assert_eq!(functions["WebhooksFunction"].binary, "webhooks");
 
     // Every binary is deployed, and every deployed binary exists.
     let deployed: BTreeSet<_> = functions.values().map(|f| f.binary.clone()).collect();
@@ -277,6 +278,7 @@ fn readme_route_map_matches_the_route_table() {
         })
         .collect();
     expected.push(vec!["schedule".into(), "rate(15 minutes)".into(), "SweeperFunction".into(), "sweeper".into()]);
+    expected.push(vec!["schedule".into(), "rate(1 minute)".into(), "WebhooksFunction".into(), "webhooks".into()]);
     assert_eq!(rows, expected, "README route map (method | path | function | binary)");
 }
 

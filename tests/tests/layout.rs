@@ -12,9 +12,10 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("telemetry", &[]),
     ("seats", &["domain", "config"]),
     ("ledger", &["domain", "config", "token"]),
-    ("service", &["domain", "config", "token", "seats", "ledger"]),
-    ("ops", &["domain", "config", "token", "seats", "ledger", "service"]),
-    ("http", &["domain", "config", "token", "seats", "ledger", "service", "ops"]),
+    ("webhooks", &["domain", "config", "token", "seats", "ledger"]),
+    ("service", &["domain", "config", "token", "seats", "ledger", "webhooks"]),
+    ("ops", &["domain", "config", "token", "seats", "ledger", "webhooks", "service"]),
+    ("http", &["domain", "config", "token", "seats", "ledger", "webhooks", "service", "ops"]),
 ];
 
 fn src() -> PathBuf {

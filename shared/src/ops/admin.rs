@@ -114,18 +114,14 @@ impl Service {
             // Leases that ran out but could still be revived end too: nothing the admin ended comes back.
             for entry in snapshot.entries.iter().filter(|e| e.user.as_deref() == Some(user.as_str())) {
                 seen.insert(entry.session_id.clone());
-                if let EndOutcome::Ended { at_ms, last_heartbeat_ms } =
+                if let EndOutcome::Ended { .. } =
                     self.seats.end(&slot, &entry.session_id, None, EndReason::ForceEnded).await?
                 {
                     ended.push(entry.session_id.clone());
-                    ends.push(SessionEnd {
-                        session_id: entry.session_id.clone(),
-                        reason: EndReason::ForceEnded,
-                        ended_at_ms: at_ms,
-                        last_heartbeat_at_ms: Some(last_heartbeat_ms),
-                    });
                 }
             }
+            // Their ends are in the outbox: into the ledger (and the webhooks' queue) now.
+            self.outbox.drain(&slot).await?;
             // Rows the ledger still holds active without a live seat end too: nothing stays stuck.
             let stuck = rows.iter().filter(|r| {
                 r.status == ACTIVE && r.license_id == slot.license.as_str() && !seen.contains(&r.session_id)
@@ -137,7 +133,7 @@ impl Service {
                 last_heartbeat_at_ms: None,
             }));
         }
-        // The seats are already free; the ledger must learn it now, or the admin hears of it.
+        // The stuck rows' ends, which no seat store script wrote.
         for sid in self.ledger.end_sessions(&ends).await? {
             if !ended.contains(&sid) {
                 ended.push(sid);

@@ -147,15 +147,10 @@ impl Service {
         for feature in features {
             let slot = Slot { license: id.clone(), feature: feature.clone() };
             match self.seats.end(&slot, session_id, None, EndReason::ForceEnded).await? {
-                EndOutcome::Ended { at_ms, last_heartbeat_ms } => {
-                    let end = SessionEnd {
-                        session_id: session_id.to_owned(),
-                        reason: EndReason::ForceEnded,
-                        ended_at_ms: at_ms,
-                        last_heartbeat_at_ms: Some(last_heartbeat_ms),
-                    };
-                    // The seat is free; the ledger must learn it now, or the operator hears of it.
-                    self.ledger.end_sessions(&[end]).await?;
+                EndOutcome::Ended { .. } => {
+                    // The seat is free and its end in the outbox; the ledger (and the webhook that
+                    // tells of it) learn it now, or the operator hears of it.
+                    self.outbox.drain(&slot).await?;
                     return Ok(None);
                 }
                 EndOutcome::Over(reason) => return Ok(Some(reason)),

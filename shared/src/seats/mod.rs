@@ -57,6 +57,15 @@ fn memory_problems(info: &str) -> Vec<String> {
 /// reason and for the sweep to copy an end the ledger missed into the ledger.
 pub const RECORD_RETENTION_MS: i64 = 3_600_000;
 
+pub mod queue;
+
+/// rustls picks ring, the one provider built in, for Redis and for webhooks; installed
+/// explicitly so that another crate turning on a second provider could not leave rustls without
+/// a default. Already installed: kept.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 macro_rules! script {
     ($file:literal) => {
         Script::new(concat!(include_str!("lua/prelude.lua"), include_str!(concat!("lua/", $file))))
@@ -77,6 +86,7 @@ struct Scripts {
     record: Script,
     revoke: Script,
     rejections: Script,
+    webhooks: Script,
     mark: Script,
 }
 
@@ -232,9 +242,7 @@ fn tls_certificates(urls: &[&str], ca_file: Option<&Path>) -> Result<Option<TlsC
             None => Ok(None),
         };
     }
-    // rustls picks ring, the one provider built in; installed here so that another crate turning
-    // on a second provider could not leave rustls without a default. Already installed: kept.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     let Some(path) = ca_file else { return Ok(None) };
     let pem = std::fs::read(path).map_err(|e| {
         Error::seat_store(format!("cannot read {} {}: {e}", crate::config::REDIS_CA_FILE, path.display()))
@@ -306,9 +314,16 @@ pub enum OutboxEvent {
         metadata: Option<String>,
         created_ms: i64,
         expires_ms: i64,
+        /// Seats taken once it was granted, and the limit then (0 in entries from before these
+        /// were written: unknown).
+        active: u32,
+        limit: u32,
     },
     /// A session over.
-    End { session_id: String, reason: EndReason, at_ms: i64, last_heartbeat_ms: i64 },
+    End { session_id: String, reason: EndReason, at_ms: i64, last_heartbeat_ms: i64, user: Option<String> },
+    /// The first refused create of a minute (one entry per minute at most, whatever the
+    /// refusals; they are counted in `rej`): the ledger has nothing to do with it, webhooks do.
+    Refused { minute_ms: i64, limit: u32, active: u32, scope: String },
 }
 
 impl OutboxEvent {
@@ -316,6 +331,7 @@ impl OutboxEvent {
         let get = |k: &str| fields.get(k).cloned().ok_or_else(|| unexpected(&format!("outbox entry without {k}")));
         let opt = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
         let int = |k: &str| get(k)?.parse::<i64>().map_err(|_| unexpected(&format!("outbox entry's {k}")));
+        let count = |k: &str| fields.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
         Ok(match get("k")?.as_str() {
             "start" => OutboxEvent::Start {
                 session_id: get("s")?,
@@ -326,6 +342,8 @@ impl OutboxEvent {
                 metadata: opt("m"),
                 created_ms: int("c")?,
                 expires_ms: int("e")?,
+                active: count("n"),
+                limit: count("l"),
             },
             "end" => {
                 let r = get("r")?;
@@ -334,7 +352,11 @@ impl OutboxEvent {
                     reason: EndReason::parse(&r).ok_or_else(|| unexpected(&format!("outbox end reason {r}")))?,
                     at_ms: int("at")?,
                     last_heartbeat_ms: int("hb")?,
+                    user: opt("u"),
                 }
+            }
+            "refused" => {
+                OutboxEvent::Refused { minute_ms: int("at")?, limit: count("l"), active: count("n"), scope: get("sc")? }
             }
             other => return Err(unexpected(&format!("outbox entry kind {other}"))),
         })
@@ -395,6 +417,8 @@ pub enum CreateOutcome {
         limit: u32,
         active: u32,
         retry_after_ms: i64,
+        /// The minute's first refusal: it wrote to the outbox.
+        first_of_minute: bool,
     },
     IdempotencyConflict,
     /// The slot's outbox is at its bound (the ledger has not taken history for long): no seat.
@@ -567,6 +591,7 @@ impl SeatStore {
             record: script!("record.lua"),
             revoke: script!("revoke.lua"),
             rejections: script!("rejections.lua"),
+            webhooks: script!("webhooks.lua"),
             mark: script!("mark.lua"),
         };
         Ok(SeatStore { conn, scripts: Arc::new(scripts), clock: Arc::default() })
@@ -705,6 +730,7 @@ impl SeatStore {
                 limit: r.int(2)? as u32,
                 active: r.int(3)? as u32,
                 retry_after_ms: r.int(4)?,
+                first_of_minute: r.opt_int(5)? == Some(1),
             },
             "idem_conflict" => CreateOutcome::IdempotencyConflict,
             "backlog" => CreateOutcome::Backlog,

@@ -18,6 +18,8 @@ use crate::token;
 use cache::LicenseCache;
 use outbox::Outbox;
 
+use crate::webhooks::Webhooks;
+
 /// Sessions of a removed feature ended per round trip.
 const REVOKE_BATCH: usize = 500;
 
@@ -28,6 +30,8 @@ pub struct Service {
     pub(crate) config: Arc<Config>,
     /// Moves the history the scripts append to each slot's outbox into the ledger.
     pub(crate) outbox: Outbox,
+    /// The webhook sender, when `SEATKEEPER_WEBHOOK_URL` is set.
+    webhooks: Option<Webhooks>,
     pub(crate) licenses: Arc<LicenseCache>,
 }
 
@@ -105,8 +109,10 @@ impl Health {
 
 impl Service {
     pub fn new(seats: SeatStore, ledger: Arc<dyn Ledger>, config: Config) -> Self {
+        let webhooks = config.webhook.clone().map(|w| Webhooks::new(seats.clone(), ledger.clone(), w));
         Service {
-            outbox: Outbox::new(seats.clone(), ledger.clone()),
+            outbox: Outbox::new(seats.clone(), ledger.clone(), webhooks.clone()),
+            webhooks,
             seats,
             licenses: Arc::new(LicenseCache::new(config.license_cache)),
             ledger,
@@ -139,6 +145,26 @@ impl Service {
     /// long-lived process; a function calls `flush_history` instead).
     pub fn start_history_writer(&self) {
         self.outbox.start();
+    }
+
+    /// Starts the background webhook sender (a long-lived process; on Lambda the scheduled
+    /// `webhooks` function calls `send_webhooks`). Nothing without webhooks configured.
+    pub fn start_webhook_sender(&self) {
+        if let Some(w) = &self.webhooks {
+            w.start();
+        }
+    }
+
+    /// Sends the webhooks that are due; `None` without webhooks configured.
+    pub async fn send_webhooks(&self) -> Result<Option<crate::webhooks::SendReport>> {
+        match &self.webhooks {
+            Some(w) => w.send_due().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn webhooks(&self) -> Option<&Webhooks> {
+        self.webhooks.as_ref()
     }
 
     /// Moves the history of the slots this process changed into the ledger, within `budget`;
@@ -292,14 +318,18 @@ impl Service {
                 (true, replayed, token, created_ms, expires_ms, device, active, limit, heartbeat_interval_seconds, None)
             }
             // The refusal was counted in the seat store, in the same step (the sweep moves the
-            // counts to the ledger): nothing to wait for here.
-            CreateOutcome::Limit { scope, limit, active, retry_after_ms } => {
+            // counts to the ledger): nothing to wait for here. The minute's first one is in the
+            // outbox, for webhooks.
+            CreateOutcome::Limit { scope, limit, active, retry_after_ms, first_of_minute } => {
+                if first_of_minute {
+                    self.outbox.nudge(&slot);
+                }
                 return Err(Error::SeatLimitReached {
                     scope,
                     limit,
                     active,
                     retry_after_seconds: crate::domain::seconds_until(0, retry_after_ms),
-                })
+                });
             }
             CreateOutcome::IdempotencyConflict => {
                 return Err(Error::invalid(

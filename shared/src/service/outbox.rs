@@ -11,6 +11,9 @@
 //! by the slots its requests touched, retrying with a short back-off while the ledger is away; a
 //! Lambda function drains the slots of its own request within a small budget before it returns
 //! (`flush`); the sweep drains every slot it visits; the views that read history drain first.
+//!
+//! The same drain feeds webhooks: the changes operators are told of are queued for delivery
+//! (see `crate::webhooks`) between the ledger's commit and the entries' deletion.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +26,7 @@ use crate::domain::Slot;
 use crate::error::Result;
 use crate::ledger::{Ledger, NewSession, SessionEnd, SessionRow, ACTIVE};
 use crate::seats::{OutboxEvent, SeatStore};
+use crate::webhooks::Webhooks;
 
 /// Entries read and committed per round.
 const BATCH: usize = 256;
@@ -39,6 +43,8 @@ pub struct Outbox {
 struct Inner {
     seats: SeatStore,
     ledger: Arc<dyn Ledger>,
+    /// Where the changes operators are told of go, when webhooks are configured.
+    webhooks: Option<Webhooks>,
     /// Slots with entries this process wrote and has not drained yet.
     pending: Mutex<HashSet<Slot>>,
     wake: Notify,
@@ -52,11 +58,12 @@ struct Inner {
 }
 
 impl Outbox {
-    pub fn new(seats: SeatStore, ledger: Arc<dyn Ledger>) -> Self {
+    pub fn new(seats: SeatStore, ledger: Arc<dyn Ledger>, webhooks: Option<Webhooks>) -> Self {
         Outbox {
             inner: Arc::new(Inner {
                 seats,
                 ledger,
+                webhooks,
                 pending: Mutex::default(),
                 wake: Notify::new(),
                 draining: Mutex::default(),
@@ -96,6 +103,13 @@ impl Outbox {
             let applied = self.apply(slot, &batch).await;
             self.inner.failing.store(applied.is_err(), Ordering::Relaxed);
             applied?;
+            // Queued before the entries go: a writer killed in between queues them again, and
+            // their ids keep them one delivery each while they wait.
+            if let Some(webhooks) = &self.inner.webhooks {
+                if self.inner.seats.webhook_add(&crate::webhooks::deliveries_of(slot, &batch)).await? > 0 {
+                    webhooks.nudge();
+                }
+            }
             let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
             self.inner.seats.outbox_delete(slot, &ids).await?;
             moved += ids.len() as u64;
@@ -121,6 +135,7 @@ impl Outbox {
                     metadata,
                     created_ms,
                     expires_ms,
+                    ..
                 } => sessions.push(NewSession {
                     row: SessionRow {
                         session_id,
@@ -139,12 +154,14 @@ impl Outbox {
                     },
                     ends: Vec::new(),
                 }),
-                OutboxEvent::End { session_id, reason, at_ms, last_heartbeat_ms } => ends.push(SessionEnd {
+                OutboxEvent::End { session_id, reason, at_ms, last_heartbeat_ms, .. } => ends.push(SessionEnd {
                     session_id,
                     reason,
                     ended_at_ms: at_ms,
                     last_heartbeat_at_ms: Some(last_heartbeat_ms),
                 }),
+                // Counted in the seat store already; only webhooks read it.
+                OutboxEvent::Refused { .. } => {}
             }
         }
         if !sessions.is_empty() {

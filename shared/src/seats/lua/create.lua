@@ -69,15 +69,22 @@ end
 
 -- A refusal is counted here, in the same step: a statistic no crash or frozen instance loses, and
 -- no commit per refusal. The sweep moves the per-minute counts into the ledger.
-local function refused()
-  redis.call('HINCRBY', prefix .. 'rej', s(math.floor(now / 60000) * 60000), 1)
+-- The first of a minute also goes to the outbox (at most one entry a minute, however many are
+-- refused), for the webhook that tells of that minute's refusals once it is over.
+local function refused(scope, limit, active)
+  local minute = s(math.floor(now / 60000) * 60000)
+  if redis.call('HINCRBY', prefix .. 'rej', minute, 1) == 1 then
+    redis.call('XADD', prefix .. 'ob', '*', 'k', 'refused', 'at', minute, 'sc', scope, 'l', s(limit), 'n', s(active))
+    return 1
+  end
+  return 0
 end
 
 if p.per_user > 0 then
   local mine, soonest = user_live(prefix, user, now, is_replaced)
   if mine >= p.per_user then
-    refused()
-    return {'limit', 'user', p.per_user, mine, soonest - now}
+    local first = refused('user', p.per_user, mine)
+    return {'limit', 'user', p.per_user, mine, soonest - now, first}
   end
 end
 
@@ -135,11 +142,11 @@ if active >= p.limit then
   if #first > 0 then
     wait = tonumber(first[2]) - now
   end
-  refused()
+  local first = refused('license', p.limit, active)
   if #evicted > 0 then
     trim_gone(prefix, retention)
   end
-  return {'limit', 'license', p.limit, active, wait}
+  return {'limit', 'license', p.limit, active, wait, first}
 end
 
 local ids = {}
@@ -158,7 +165,7 @@ redis.call('ZADD', leases, s(exp), sid)
 user_add(prefix, user, sid)
 -- The session's ledger row, in the same step as its seat.
 redis.call('XADD', prefix .. 'ob', '*', 'k', 'start', 's', sid, 'u', user, 'd', device, 'th', ARGV[18],
-  'ik', ARGV[6], 'm', ARGV[19], 'c', s(now), 'e', s(exp))
+  'ik', ARGV[6], 'm', ARGV[19], 'c', s(now), 'e', s(exp), 'n', s(active + 1), 'l', s(p.limit))
 if ARGV[6] ~= '' then
   redis.call('SET', idem, ARGV[7], 'PX', s(p.ttl))
 end

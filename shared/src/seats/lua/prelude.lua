@@ -27,8 +27,9 @@
 --   rej       hash: minute (ms) -> refused creates in that minute, until the sweep moves them to
 --             the ledger.
 --   ob        stream: the slot's outbox, what changed its sessions, appended by the script that
---             made the change: `start` (a new session's ledger row) and `end` (why and when one
---             ended). Writers drain it into the ledger and delete only what committed, so history
+--             made the change: `start` (a new session's ledger row, with the seats taken and the
+--             limit then), `end` (why and when one ended) and `refused` (the first refused create
+--             of a minute, for webhooks). Writers drain it into the ledger and delete only what committed, so history
 --             is never lost nor blocks a seat; creates refuse (503) while it holds more than the
 --             configured bound.
 --   i:<key>   string: an idempotency key -> session id (32) .. sealed token secret (32 bytes) ..
@@ -137,9 +138,15 @@ end
 -- from the ledger instead.
 local GONE_SPARE = 64
 
--- Appends a session's end to the slot's outbox, for the ledger.
-local function outbox_end(prefix, sid, reason, at, last_heartbeat)
-  redis.call('XADD', prefix .. 'ob', '*', 'k', 'end', 's', sid, 'r', reason, 'at', s(at), 'hb', s(last_heartbeat))
+-- Appends a session's end to the slot's outbox, for the ledger (and, for an operator's
+-- force-end, with its user, for the webhook that tells of it).
+local function outbox_end(prefix, sid, reason, at, last_heartbeat, user)
+  if reason == 'force_ended' then
+    redis.call('XADD', prefix .. 'ob', '*', 'k', 'end', 's', sid, 'r', reason, 'at', s(at), 'hb', s(last_heartbeat),
+      'u', user)
+  else
+    redis.call('XADD', prefix .. 'ob', '*', 'k', 'end', 's', sid, 'r', reason, 'at', s(at), 'hb', s(last_heartbeat))
+  end
 end
 
 -- Ends a session: frees its seat at once and keeps its record, with the reason and its lease
@@ -153,7 +160,7 @@ local function end_session(prefix, sid, r, reason, at, expiry, retention)
   redis.call('SET', prefix .. 'x:' .. sid, cmsgpack.pack({r[U], r[D], r[TH], r[C], r[H], reason, at, expiry}),
     'PX', s(retention))
   redis.call('ZADD', prefix .. 'gone', s(at), sid)
-  outbox_end(prefix, sid, reason, at, r[H])
+  outbox_end(prefix, sid, reason, at, r[H], r[U])
 end
 
 -- Drops the oldest records of ended sessions beyond 2 x limit + GONE_SPARE.

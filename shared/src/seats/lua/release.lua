@@ -33,5 +33,5 @@ for _, entry in ipairs(recent) do
     return 1
   end
 end
-outbox_end(prefix, sid, 'ended', now_ms(), r[H])
+outbox_end(prefix, sid, 'ended', now_ms(), r[H], r[U])
 return 1

@@ -93,3 +93,14 @@ run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_bac
   fi
   export SEATKEEPER_TEST_DYNAMODB_URL="${SEATKEEPER_TEST_DYNAMODB_URL:-http://127.0.0.1:5055}"
 }
+
+# standardwebhooks (PyPI, pinned): what tests/webhooks/receiver.py, the webhook tests' receiver,
+# verifies signatures with, as a customer's receiver would.
+ensure_standardwebhooks() {
+  if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("standardwebhooks"))' 2>/dev/null)" != "1.3.0" ]; then
+    command -v python3 >/dev/null || _sk_apt_install python3 python3-pip
+    echo "services: installing standardwebhooks 1.3.0"
+    python3 -m pip install -q 'standardwebhooks==1.3.0' 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages 'standardwebhooks==1.3.0'
+  fi
+}

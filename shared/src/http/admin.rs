@@ -8,11 +8,12 @@ use serde_json::{json, Map, Value};
 
 use super::{
     authorize, body_object, json_created, json_ok, license_json, opt_ident, path_ident, query_ident, query_time,
-    query_u64, ApiResult,
+    query_u64, query_u64_in, ApiResult,
 };
 use crate::domain::{now_ms, rfc3339_ms, EndReason};
 use crate::error::Error;
 use crate::ops::licenses::MAX_PAGE;
+use crate::ops::usage::{MAX_STEP_SECONDS, MIN_STEP_SECONDS};
 use crate::service::Service;
 
 pub async fn force_cleanup(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
@@ -198,7 +199,7 @@ pub async fn license_usage(svc: &Service, req: &Request, params: &BTreeMap<Strin
     let feature = query_ident(req, "feature", true)?.expect("required");
     let to = query_time(req, "to")?.unwrap_or_else(now_ms);
     let from = query_time(req, "from")?.unwrap_or(to - 86_400_000);
-    let step = query_u64(req, "stepSeconds", 3_600, u64::MAX)?;
+    let step = query_u64_in(req, "stepSeconds", 3_600, MIN_STEP_SECONDS, MAX_STEP_SECONDS)?;
     let points = svc.usage(&license, &feature, from, to, step).await?;
     json_ok(json!({
         "licenseId": license,

@@ -698,13 +698,23 @@ pub(crate) fn query_time(req: &Request, name: &'static str) -> Result<Option<i64
 }
 
 pub(crate) fn query_u64(req: &Request, name: &'static str, default: u64, max: u64) -> Result<u64, ApiError> {
+    query_u64_in(req, name, default, 1, max)
+}
+
+pub(crate) fn query_u64_in(
+    req: &Request,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
     match query_params(req).get(name) {
         None => Ok(default),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| Error::invalid(name, format!("{name} must be a whole number from 1 to {max}")).into()),
+        Some(v) => {
+            v.parse::<u64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
+                Error::invalid(name, format!("{name} must be a whole number from {min} to {max}")).into()
+            })
+        }
     }
 }
 

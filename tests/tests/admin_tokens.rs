@@ -208,3 +208,63 @@ ledger_tests!(
     a_revoked_token_is_refused_at_once_everywhere,
     tokens_are_stored_hashed,
 );
+
+/// `seatkeeper admin token create|revoke` and `seatkeeper admin usage`, against the local runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_token_and_usage_verbs() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let (license, key) = app.simple_license(json!({"maxSessions": 1})).await;
+    app.create_ok(&key, "u1").await;
+    app.create(&key, json!({"userId": "u2", "feature": "f"})).await.expect_error(409, "seat_limit_reached");
+    let cli = |token: String, args: Vec<String>| {
+        let base = app.base.clone();
+        async move {
+            let out = tokio::process::Command::new(seatkeeper_tests::seatkeeper_bin())
+                .arg("admin")
+                .arg("--api-url")
+                .arg(base)
+                .args(args)
+                .env_remove("SEATKEEPER_API_URL")
+                .env("SEATKEEPER_ADMIN_TOKEN", token)
+                .output()
+                .await
+                .expect("run seatkeeper");
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.code().expect("exit code"), text(&out.stdout), text(&out.stderr))
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let admin = seatkeeper_tests::ADMIN_TOKEN.to_owned();
+
+    let (code, out, err) = cli(admin.clone(), args(&["token", "create", &license])).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let mut lines = out.lines();
+    let head = lines.next().unwrap_or_default();
+    let id = head.strip_prefix("token ").and_then(|r| r.split(' ').next()).unwrap_or_default().to_owned();
+    assert!(head.contains(&license) && head.contains("shown once") && id.len() == 16, "{out}");
+    let tok = lines.next().unwrap_or_default().trim().to_owned();
+    assert!(tok.starts_with("sat_"), "{out}");
+
+    // The scoped token drives the usage verb: one row per step, within 100 columns.
+    let (code, out, err) =
+        cli(tok.clone(), args(&["usage", &license, "--feature", "f", "--step-seconds", "600"])).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert!(rows[0].starts_with("STEP START (UTC)") && rows[0].contains("REFUSED"), "{out}");
+    assert_eq!(rows.len(), 1 + 144, "24 hours in steps of 600 s: {out}");
+    assert!(rows.iter().all(|r| r.len() <= 100), "{out}");
+    let last = rows.last().unwrap().split_whitespace().collect::<Vec<_>>();
+    assert_eq!(&last[1..], ["1", "1", "1"], "peak, started, refused in the last step: {out}");
+    let (code, _, err) = cli(tok.clone(), args(&["usage", &license, "--feature", "f", "--step-seconds", "5"])).await;
+    assert!(code == 1 && err.contains("400") && err.contains("stepSeconds"), "{err}");
+
+    // A scoped token cannot make tokens; the service admin revokes it, and it stops working.
+    let (code, _, err) = cli(tok.clone(), args(&["token", "create", &license])).await;
+    assert!(code == 1 && err.contains("403"), "{err}");
+    let (code, out, err) = cli(admin.clone(), args(&["token", "revoke", &license, &id])).await;
+    assert_eq!((code, out.trim()), (0, format!("revoked token {id}; it no longer works").as_str()), "{err}");
+    let (code, _, err) = cli(tok, args(&["usage", &license, "--feature", "f"])).await;
+    assert!(code == 1 && err.contains("401"), "{err}");
+    let (code, _, err) = cli(admin, args(&["token", "revoke", &license, &id])).await;
+    assert!(code == 1 && err.contains("404"), "{err}");
+}

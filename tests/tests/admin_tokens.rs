@@ -3,7 +3,7 @@
 //! optionally), refused at once when revoked or when their license is deleted, stored hashed.
 
 use reqwest::Method;
-use seatkeeper_tests::seatkeeper_core::{token, Service};
+use seatkeeper_tests::seatkeeper_core::{token, Config, Service};
 use seatkeeper_tests::{ledger_tests, Backend, Resp, TestApp};
 use serde_json::{json, Value};
 
@@ -141,6 +141,16 @@ async fn a_revoked_token_is_refused_at_once_everywhere(b: Backend) {
     as_token(&app, &tok, Method::GET, &sessions, None).await.expect_error(401, "unauthorized");
     assert_eq!(other.scoped_admin(&tok).await.unwrap(), None, "the other instance refuses it at once");
     assert_eq!(as_token(&app, &kept, Method::GET, &sessions, None).await.status, 200, "only that token");
+    // Admin routes answer 401 until SEATKEEPER_ADMIN_TOKEN is set: to a scoped token too.
+    let unset = Service::connect(Config { admin_token: None, ..app.svc.config().clone() }).await.unwrap();
+    let req = lambda_http::http::Request::builder()
+        .method("GET")
+        .uri(sessions.as_str())
+        .header("authorization", format!("Bearer {kept}"))
+        .body(lambda_http::Body::Empty)
+        .unwrap();
+    let resp = seatkeeper_tests::seatkeeper_core::http::dispatch(&unset, req).await;
+    assert_eq!(resp.status(), 401, "{:?}", resp.body());
 
     // Revoking again, an unknown id, a malformed one, another license's: 404.
     let (other_license, _) = app.simple_license(json!({"maxSessions": 1})).await;

@@ -623,8 +623,9 @@ pub(crate) fn bearer(req: &Request) -> Option<&str> {
 
 /// Who an admin request comes from: the service admin (an IAM principal API Gateway verified, or
 /// `SEATKEEPER_ADMIN_TOKEN`, compared in constant time), or a license-scoped admin token (looked
-/// up by its hash in the ledger on every request: a revoked one is refused at once). Handlers
-/// then ask the `Caller` what it may do.
+/// up by its hash in the ledger on every request: a revoked one is refused at once). Until
+/// `SEATKEEPER_ADMIN_TOKEN` is set, only verified IAM callers get in. Handlers then ask the
+/// `Caller` what it may do.
 pub(crate) async fn authorize(svc: &Service, req: &Request) -> Result<Caller, ApiError> {
     if svc.config().admin_iam {
         if let Some(caller) = iam_caller(req) {
@@ -632,22 +633,23 @@ pub(crate) async fn authorize(svc: &Service, req: &Request) -> Result<Caller, Ap
             return Ok(Caller::Service);
         }
     }
+    // The contract: admin routes answer 401 until SEATKEEPER_ADMIN_TOKEN is set (scoped tokens too).
+    let Some(expected) = svc.config().admin_token.as_deref() else {
+        return Err(Error::Unauthorized("admin routes are disabled: SEATKEEPER_ADMIN_TOKEN is not set").into());
+    };
     let Some(given) = bearer(req) else {
         return Err(Error::Unauthorized("missing admin token: use Authorization: Bearer <adminToken>").into());
     };
-    let expected = svc.config().admin_token.as_deref();
-    if expected.is_some_and(|expected| token::secrets_equal(given, expected)) {
+    if token::secrets_equal(given, expected) {
         return Ok(Caller::Service);
     }
-    if let Some(license) = svc.scoped_admin(given).await? {
-        tracing::Span::current().record("license", license.as_str());
-        return Ok(Caller::License(license));
+    match svc.scoped_admin(given).await? {
+        Some(license) => {
+            tracing::Span::current().record("license", license.as_str());
+            Ok(Caller::License(license))
+        }
+        None => Err(Error::Unauthorized("unknown admin token").into()),
     }
-    Err(match expected {
-        Some(_) => Error::Unauthorized("unknown admin token"),
-        None => Error::Unauthorized("unknown admin token (SEATKEEPER_ADMIN_TOKEN is not set on this deployment)"),
-    }
-    .into())
 }
 
 /// The IAM principal that API Gateway's IAM authorizer verified for this request (an HTTP API's

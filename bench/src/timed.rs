@@ -9,7 +9,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use seatkeeper_core::domain::{FeaturePolicy, Ident, License, Slot};
 use seatkeeper_core::ledger::{
-    FeatureStats, Ledger, NewSession, PutLicense, SessionEnd, SessionRow, SlotEntry, SqlLedger,
+    AdminTokenRow, FeatureStats, Ledger, NewSession, PutLicense, SessionEnd, SessionRow, SlotEntry, SqlLedger,
+    UsageHistory,
 };
 use seatkeeper_core::Result;
 
@@ -208,6 +209,22 @@ impl Ledger for TimedLedger {
 
     async fn delete_license(&self, id: &Ident, now_ms: i64) -> Result<Option<Vec<Ident>>> {
         self.inner.delete_license(id, now_ms).await
+    }
+
+    async fn create_admin_token(&self, license: &Ident, token_id: &str, token_hash: &str, now_ms: i64) -> Result<bool> {
+        self.inner.create_admin_token(license, token_id, token_hash, now_ms).await
+    }
+
+    async fn admin_token(&self, token_hash: &str) -> Result<Option<AdminTokenRow>> {
+        self.inner.admin_token(token_hash).await
+    }
+
+    async fn revoke_admin_token(&self, license: &Ident, token_id: &str) -> Result<bool> {
+        self.inner.revoke_admin_token(license, token_id).await
+    }
+
+    async fn usage(&self, slot: &Slot, from_ms: i64, to_ms: i64) -> Result<UsageHistory> {
+        self.inner.usage(slot, from_ms, to_ms).await
     }
 
     async fn user_sessions(&self, user: &Ident, feature: &Ident, since_ms: i64) -> Result<Vec<SessionRow>> {

@@ -189,6 +189,23 @@ pub fn render(kind: &str, v: &Value) -> String {
                 "averageSessionSeconds",
             ]),
         ),
+        "admin-token" => format!(
+            "token {} for license {} (shown once; store it now):\n{}",
+            cell(&v["tokenId"]),
+            cell(&v["licenseId"]),
+            cell(&v["token"])
+        ),
+        "admin-token-revoked" => format!("revoked token {}; it no longer works", cell(&v["tokenId"])),
+        "usage" => format!(
+            "license {} feature {}, steps of {} s\n{}",
+            cell(&v["licenseId"]),
+            cell(&v["feature"]),
+            cell(&v["stepSeconds"]),
+            table(
+                &["STEP START (UTC)", "PEAK ACTIVE", "STARTED", "REFUSED"],
+                &rows(&v["points"], &["at", "peakActive", "started", "limitRejections"])
+            )
+        ),
         "license" => {
             let key = v["key"].as_str().map(|k| format!("key (shown once): {k}\n")).unwrap_or_default();
             let policy = [
@@ -223,6 +240,19 @@ mod tests {
     fn tables_align_columns() {
         let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22");
+    }
+
+    #[test]
+    fn usage_renders_one_row_per_step_within_100_columns() {
+        let v = serde_json::json!({"licenseId": "l".repeat(128), "feature": "f", "stepSeconds": 3600, "points": [
+            {"at": "2026-01-31T00:00:00.000Z", "peakActive": 12, "started": 30, "limitRejections": 4},
+            {"at": "2026-01-31T01:00:00.000Z", "peakActive": 0, "started": 0, "limitRejections": 0},
+        ]});
+        let out = render("usage", &v);
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines.iter().all(|l| l.len() <= 100), "{out}");
+        assert!(lines[1].starts_with("2026-01-31T00:00:00.000Z") && lines[1].ends_with('4'), "{out}");
     }
 
     #[test]

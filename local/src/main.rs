@@ -88,6 +88,45 @@ enum AdminVerb {
         #[command(subcommand)]
         verb: LicenseVerb,
     },
+    /// Make or revoke a license-scoped admin token (needs the service admin token).
+    Token {
+        #[command(subcommand)]
+        verb: TokenVerb,
+    },
+    /// A feature's use over time: per step, peak live sessions, sessions started, creates refused.
+    Usage {
+        /// The license (its id).
+        license: String,
+        /// The feature (required).
+        #[arg(long)]
+        feature: String,
+        /// Start of the window, an RFC 3339 time such as 2026-01-31T00:00:00Z (default: 24 hours before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window, an RFC 3339 time (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Length of one step, in seconds: 60 or more, at most 10,000 steps (default: 3600).
+        #[arg(long)]
+        step_seconds: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenVerb {
+    /// Make a token that may act on this license only (read it, its sessions, stats and usage,
+    /// end its sessions, debug and sweep it); printed once, never shown again.
+    Create {
+        /// The license the token is scoped to (its id).
+        license: String,
+    },
+    /// Revoke a token: it stops working at once, on every instance.
+    Revoke {
+        /// The license the token is scoped to (its id).
+        license: String,
+        /// The token's id, as `token create` printed it (16 hex digits).
+        token_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -344,6 +383,30 @@ async fn admin(args: AdminArgs) -> ExitCode {
         AdminVerb::Stats { license, window } => {
             let path = format!("/api/licenses/{}/session-stats?windowSeconds={window}", enc(&license));
             ("stats", client.call(Method::GET, &path, None).await)
+        }
+        AdminVerb::Token { verb: TokenVerb::Create { license } } => {
+            let path = format!("/api/licenses/{}/admin-tokens", enc(&license));
+            ("admin-token", client.call(Method::POST, &path, None).await)
+        }
+        AdminVerb::Token { verb: TokenVerb::Revoke { license, token_id } } => {
+            let path = format!("/api/licenses/{}/admin-tokens/{}", enc(&license), enc(&token_id));
+            let result = client.call(Method::DELETE, &path, None).await;
+            (
+                "admin-token-revoked",
+                result.map(|mut v| {
+                    v["tokenId"] = token_id.into();
+                    v
+                }),
+            )
+        }
+        AdminVerb::Usage { license, feature, from, to, step_seconds } => {
+            let mut q = format!("feature={}", enc(&feature));
+            for (name, value) in [("from", from), ("to", to), ("stepSeconds", step_seconds.map(|s| s.to_string()))] {
+                if let Some(v) = value {
+                    q.push_str(&format!("&{name}={}", enc(&v)));
+                }
+            }
+            ("usage", client.call(Method::GET, &format!("/api/licenses/{}/usage?{q}", enc(&license)), None).await)
         }
         AdminVerb::License { verb: LicenseVerb::Get { license } } => {
             ("license", client.call(Method::GET, &format!("/api/licenses/{}", enc(&license)), None).await)

@@ -98,6 +98,17 @@ pub fn new_license_key() -> String {
     format!("sk_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
 }
 
+/// A new license-scoped admin token: its id (64 random bits, hex: what revocation names) and the
+/// token itself, `sat_` and 256 random bits. Only the token's `hash_secret` is stored.
+pub fn new_admin_token() -> (String, String) {
+    (hex(&random_bytes::<8>()), format!("sat_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>())))
+}
+
+/// Whether `s` has the form of an admin token id (16 hex digits).
+pub fn is_admin_token_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// SHA-256 of a secret, hex. Keys and tokens are stored and compared only in this form.
 pub fn hash_secret(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
@@ -181,6 +192,16 @@ mod tests {
         assert_eq!(URL_SAFE_NO_PAD.decode(&k[3..]).unwrap().len(), 32);
         assert_ne!(k, new_license_key());
         assert_eq!(hash_secret("abc").len(), 64);
+    }
+
+    #[test]
+    fn admin_tokens_carry_256_random_bits_and_an_id() {
+        let (id, t) = new_admin_token();
+        assert!(is_admin_token_id(&id), "{id}");
+        assert_eq!(URL_SAFE_NO_PAD.decode(&t[4..]).unwrap().len(), 32);
+        let (id2, t2) = new_admin_token();
+        assert_ne!((id, t), (id2, t2));
+        assert!(!is_admin_token_id("not-an-id"));
     }
 
     #[test]

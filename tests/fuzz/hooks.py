@@ -1,11 +1,11 @@
 """schemathesis hooks for scripts/test-fuzz (loaded by tests/fuzz/schemathesis.toml).
 
-Two answers of the API reject a request that is valid by the OpenAPI document on its own, because
-the rule is one JSON Schema cannot state (it spans two requests, or two fields of one); both are
+Three answers of the API reject a request that is valid by the OpenAPI document on its own, because
+the rule is one JSON Schema cannot state (it spans two requests, or two fields of one); all are
 documented in shared/openapi.json. schemathesis' `positive_data_acceptance` check would count them
 as schema-valid data rejected. Rather than accept every 400 of the two operations (which would hide
 any drift between the document's schemas and the server's validation there), the built-in check is
-disabled for exactly those two operations in the config, and `positive_data_acceptance_stateful`
+disabled for exactly those operations in the config, and `positive_data_acceptance_stateful`
 below runs it in its place, excusing a 400 only when it is the documented answer *and* the request
 really is that case:
 
@@ -15,11 +15,18 @@ really is that case:
 - PUT /api/licenses/{licenseId}: a feature whose heartbeatIntervalSeconds exceeds its
   leaseTtlSeconds (given, or the default SEATKEEPER_LEASE_TTL_SECONDS, 90): 400 invalid_request
   naming that feature's heartbeatIntervalSeconds. Excused only when the body has such a feature.
+- GET (and HEAD) /api/licenses/{licenseId}/usage: a window whose `from` is not before its `to`, or
+  that makes more than 10,000 steps of `stepSeconds` (defaults: `to` now, `from` 24 hours before
+  `to`, steps of 3600 s): 400 invalid_request. Excused only when the query really is such a window.
 """
 
+import datetime
 import json
+import math
 import os
 import threading
+import time
+import urllib.parse
 
 import schemathesis
 from schemathesis.openapi.checks import RejectedPositiveData
@@ -27,6 +34,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 CREATE = "POST /api/licenses/sessions"
 PUT_LICENSE = "PUT /api/licenses/{licenseId}"
+USAGE = "GET /api/licenses/{licenseId}/usage"
+USAGE_HEAD = "HEAD /api/licenses/{licenseId}/usage"
 
 # (license key, feature, idempotencyKey) -> the userIds the run created sessions for with it.
 _idempotency_users: dict[tuple[str, str, str], set[str]] = {}
@@ -95,7 +104,38 @@ def _heartbeat_over_lease(response) -> bool:
     return False
 
 
-EXCUSED = {CREATE: _idempotency_conflict, PUT_LICENSE: _heartbeat_over_lease}
+def _ms(text):
+    try:
+        t = datetime.datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        return None
+    return math.floor(t.timestamp() * 1000)
+
+
+def _usage_window_refused(response) -> bool:
+    err = _error(response)
+    if err and (err.get("code") != "invalid_request" or err.get("field") not in ("from", "stepSeconds")):
+        return False
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(response.request.url).query))
+    to = _ms(query["to"]) if "to" in query else math.floor(time.time() * 1000)
+    start = _ms(query["from"]) if "from" in query else (to - 86_400_000 if to is not None else None)
+    try:
+        step = int(query.get("stepSeconds", "3600"))
+    except ValueError:
+        return False
+    if to is None or start is None or not 60 <= step <= 316_224_000:
+        return False
+    return start >= to or math.ceil((to - start) / (step * 1000)) > 10_000
+
+
+EXCUSED = {
+    CREATE: _idempotency_conflict,
+    PUT_LICENSE: _heartbeat_over_lease,
+    USAGE: _usage_window_refused,
+    USAGE_HEAD: _usage_window_refused,
+}
 
 
 @schemathesis.check

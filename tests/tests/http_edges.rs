@@ -427,6 +427,7 @@ async fn get_routes(app: &TestApp) -> Vec<(&'static str, seatkeeper_tests::seatk
                 "debugSessions" => format!("{}?userId=u1&feature=f", r.path),
                 "sessionStats" | "getLicense" | "licenseSessions" => r.path.replace("{licenseId}", &license),
                 "listLicenses" => format!("{}?limit=5", r.path),
+                "licenseUsage" => format!("{}?feature=f", r.path.replace("{licenseId}", &license)),
                 "health" | "openapi" => r.path.to_owned(),
                 other => panic!("give the GET route {other} a path here"),
             };

@@ -7,27 +7,30 @@ use lambda_http::Request;
 use serde_json::{json, Map, Value};
 
 use super::{
-    body_object, json_ok, license_json, opt_ident, path_ident, query_ident, query_u64, req_ident, require_admin,
-    ApiResult,
+    authorize, body_object, json_created, json_ok, license_json, opt_ident, path_ident, query_ident, query_time,
+    query_u64, query_u64_in, ApiResult,
 };
-use crate::domain::{rfc3339_ms, EndReason};
+use crate::domain::{now_ms, rfc3339_ms, EndReason};
+use crate::error::Error;
 use crate::ops::licenses::MAX_PAGE;
+use crate::ops::usage::{MAX_STEP_SECONDS, MIN_STEP_SECONDS};
 use crate::service::Service;
 
 pub async fn force_cleanup(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let user = path_ident(params, "userId")?;
     let feature = path_ident(params, "feature")?;
-    let license = query_ident(req, "licenseId", false)?;
+    let license = caller.narrow(query_ident(req, "licenseId", false)?)?;
     let done = svc.force_cleanup(&user, &feature, license.as_ref()).await?;
     json_ok(json!({"userId": user, "feature": feature, "ended": done.ended.len(), "sessionIds": done.ended}))
 }
 
 pub async fn debug(svc: &Service, req: &Request) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let user = query_ident(req, "userId", true)?.expect("required");
     let feature = query_ident(req, "feature", true)?.expect("required");
-    let view = svc.debug(&user, &feature).await?;
+    let license = caller.narrow(query_ident(req, "licenseId", false)?)?;
+    let view = svc.debug(&user, &feature, license.as_ref()).await?;
     let time = |t: Option<i64>| t.map(rfc3339_ms);
     json_ok(json!({
         "userId": user,
@@ -56,9 +59,11 @@ pub async fn debug(svc: &Service, req: &Request) -> ApiResult {
 }
 
 pub async fn cleanup_sessions(svc: &Service, req: &Request) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let body = body_object(req)?;
-    let license = req_ident(&body, "licenseId")?;
+    let license = caller
+        .narrow(opt_ident(&body, "licenseId")?)?
+        .ok_or_else(|| Error::invalid("licenseId", "licenseId is required"))?;
     let user = opt_ident(&body, "userId")?;
     let feature = opt_ident(&body, "feature")?;
     let r = svc.cleanup_license(&license, user, feature).await?;
@@ -74,8 +79,9 @@ pub async fn cleanup_sessions(svc: &Service, req: &Request) -> ApiResult {
 }
 
 pub async fn session_stats(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let license = path_ident(params, "licenseId")?;
+    caller.check_license(&license)?;
     let window = query_u64(req, "windowSeconds", 86_400, 366 * 86_400)?;
     let stats = svc.session_stats(&license, window).await?;
     let features: Map<String, Value> = stats
@@ -105,7 +111,7 @@ pub async fn session_stats(svc: &Service, req: &Request, params: &BTreeMap<Strin
 }
 
 pub async fn list_licenses(svc: &Service, req: &Request) -> ApiResult {
-    require_admin(svc, req)?;
+    authorize(svc, req).await?.check_service()?;
     let limit = query_u64(req, "limit", 50, MAX_PAGE as u64)? as usize;
     let cursor = query_ident(req, "cursor", false)?;
     let page = svc.list_licenses(cursor.as_ref().map(|c| c.as_str()), limit).await?;
@@ -124,8 +130,9 @@ pub async fn list_licenses(svc: &Service, req: &Request) -> ApiResult {
 }
 
 pub async fn license_sessions(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let license = path_ident(params, "licenseId")?;
+    caller.check_license(&license)?;
     let feature = query_ident(req, "feature", false)?;
     let view = svc.license_sessions(&license, feature.as_ref()).await?;
     let time = |t: Option<i64>| t.map(rfc3339_ms);
@@ -150,8 +157,9 @@ pub async fn license_sessions(svc: &Service, req: &Request, params: &BTreeMap<St
 }
 
 pub async fn end_license_session(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let license = path_ident(params, "licenseId")?;
+    caller.check_license(&license)?;
     let session_id = params.get("sessionId").map(String::as_str).unwrap_or("");
     json_ok(match svc.end_license_session(&license, session_id).await? {
         None => json!({"ended": true}),
@@ -160,8 +168,50 @@ pub async fn end_license_session(svc: &Service, req: &Request, params: &BTreeMap
 }
 
 pub async fn rotate_license_key(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let license = path_ident(params, "licenseId")?;
+    caller.check_service()?;
     let key = svc.rotate_key(&license).await?;
     json_ok(json!({"licenseId": license, "key": key}))
+}
+
+pub async fn create_admin_token(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    let caller = authorize(svc, req).await?;
+    let license = path_ident(params, "licenseId")?;
+    caller.check_service()?;
+    let made = svc.create_admin_token(&license).await?;
+    json_created(json!({"licenseId": license, "tokenId": made.token_id, "token": made.token}))
+}
+
+pub async fn revoke_admin_token(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    let caller = authorize(svc, req).await?;
+    let license = path_ident(params, "licenseId")?;
+    caller.check_service()?;
+    let token_id = params.get("tokenId").map(String::as_str).unwrap_or("");
+    svc.revoke_admin_token(&license, token_id).await?;
+    json_ok(json!({"revoked": true}))
+}
+
+pub async fn license_usage(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
+    let caller = authorize(svc, req).await?;
+    let license = path_ident(params, "licenseId")?;
+    caller.check_license(&license)?;
+    let feature = query_ident(req, "feature", true)?.expect("required");
+    let to = query_time(req, "to")?.unwrap_or_else(now_ms);
+    let from = query_time(req, "from")?.unwrap_or(to - 86_400_000);
+    let step = query_u64_in(req, "stepSeconds", 3_600, MIN_STEP_SECONDS, MAX_STEP_SECONDS)?;
+    let points = svc.usage(&license, &feature, from, to, step).await?;
+    json_ok(json!({
+        "licenseId": license,
+        "feature": feature,
+        "from": rfc3339_ms(from),
+        "to": rfc3339_ms(to),
+        "stepSeconds": step,
+        "points": points.iter().map(|p| json!({
+            "at": rfc3339_ms(p.at_ms),
+            "peakActive": p.peak_active,
+            "started": p.started,
+            "limitRejections": p.limit_rejections,
+        })).collect::<Vec<_>>(),
+    }))
 }

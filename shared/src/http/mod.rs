@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::domain::{feature_field, rfc3339_ms, FeaturePolicyInput, Ident, License};
 use crate::error::Error;
+use crate::ops::tokens::Caller;
 use crate::service::{CreateSession, PutLicense, Service};
 use crate::token;
 
@@ -38,6 +39,9 @@ pub enum Op {
     LicenseSessions,
     EndLicenseSession,
     RotateLicenseKey,
+    CreateAdminToken,
+    RevokeAdminToken,
+    LicenseUsage,
     Health,
     OpenApi,
 }
@@ -122,6 +126,24 @@ pub static ROUTES: &[Route] = &[
         path: "/api/licenses/{licenseId}/key",
         op: Op::RotateLicenseKey,
         operation_id: "rotateLicenseKey",
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/licenses/{licenseId}/admin-tokens",
+        op: Op::CreateAdminToken,
+        operation_id: "createAdminToken",
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/api/licenses/{licenseId}/admin-tokens/{tokenId}",
+        op: Op::RevokeAdminToken,
+        operation_id: "revokeAdminToken",
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/licenses/{licenseId}/usage",
+        op: Op::LicenseUsage,
+        operation_id: "licenseUsage",
     },
     Route { method: Method::GET, path: "/health", op: Op::Health, operation_id: "health" },
     Route { method: Method::GET, path: "/openapi.json", op: Op::OpenApi, operation_id: "openapi" },
@@ -240,6 +262,10 @@ fn json_response(status: StatusCode, value: Value) -> Response<Body> {
 
 pub(crate) fn json_ok(value: Value) -> ApiResult {
     Ok(json_response(StatusCode::OK, value))
+}
+
+pub(crate) fn json_created(value: Value) -> ApiResult {
+    Ok(json_response(StatusCode::CREATED, value))
 }
 
 /// Matches a path against a template, comparing the template with the path's last segments (so
@@ -538,6 +564,9 @@ async fn run(svc: &Service, op: Op, route: &Route, req: Request, params: Option<
         Op::LicenseSessions => admin::license_sessions(svc, &req, &params).await,
         Op::EndLicenseSession => admin::end_license_session(svc, &req, &params).await,
         Op::RotateLicenseKey => admin::rotate_license_key(svc, &req, &params).await,
+        Op::CreateAdminToken => admin::create_admin_token(svc, &req, &params).await,
+        Op::RevokeAdminToken => admin::revoke_admin_token(svc, &req, &params).await,
+        Op::LicenseUsage => admin::license_usage(svc, &req, &params).await,
     }
 }
 
@@ -592,21 +621,34 @@ pub(crate) fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim()).filter(|c| !c.is_empty())
 }
 
-/// Admin routes need the service-wide admin token.
-pub(crate) fn require_admin(svc: &Service, req: &Request) -> Result<(), ApiError> {
+/// Who an admin request comes from: the service admin (an IAM principal API Gateway verified, or
+/// `SEATKEEPER_ADMIN_TOKEN`, compared in constant time), or a license-scoped admin token (looked
+/// up by its hash in the ledger on every request: a revoked one is refused at once). Until
+/// `SEATKEEPER_ADMIN_TOKEN` is set, only verified IAM callers get in. Handlers then ask the
+/// `Caller` what it may do.
+pub(crate) async fn authorize(svc: &Service, req: &Request) -> Result<Caller, ApiError> {
     if svc.config().admin_iam {
         if let Some(caller) = iam_caller(req) {
             tracing::info!(caller, "admin request by an IAM principal that API Gateway verified");
-            return Ok(());
+            return Ok(Caller::Service);
         }
     }
+    // The contract: admin routes answer 401 until SEATKEEPER_ADMIN_TOKEN is set (scoped tokens too).
     let Some(expected) = svc.config().admin_token.as_deref() else {
         return Err(Error::Unauthorized("admin routes are disabled: SEATKEEPER_ADMIN_TOKEN is not set").into());
     };
-    match bearer(req) {
-        Some(given) if token::secrets_equal(given, expected) => Ok(()),
-        Some(_) => Err(Error::Unauthorized("unknown admin token").into()),
-        None => Err(Error::Unauthorized("missing admin token: use Authorization: Bearer <adminToken>").into()),
+    let Some(given) = bearer(req) else {
+        return Err(Error::Unauthorized("missing admin token: use Authorization: Bearer <adminToken>").into());
+    };
+    if token::secrets_equal(given, expected) {
+        return Ok(Caller::Service);
+    }
+    match svc.scoped_admin(given).await? {
+        Some(license) => {
+            tracing::Span::current().record("license", license.as_str());
+            Ok(Caller::License(license))
+        }
+        None => Err(Error::Unauthorized("unknown admin token").into()),
     }
 }
 
@@ -638,14 +680,34 @@ pub(crate) fn query_ident(req: &Request, name: &'static str, required: bool) -> 
     }
 }
 
+/// An RFC 3339 time in the query (`2026-01-31T12:00:00.000Z`, any offset), as Unix milliseconds.
+pub(crate) fn query_time(req: &Request, name: &'static str) -> Result<Option<i64>, ApiError> {
+    match query_params(req).get(name) {
+        None => Ok(None),
+        Some(v) => chrono::DateTime::parse_from_rfc3339(v).ok().map(|t| Some(t.timestamp_millis())).ok_or_else(|| {
+            Error::invalid(name, format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00.000Z")).into()
+        }),
+    }
+}
+
 pub(crate) fn query_u64(req: &Request, name: &'static str, default: u64, max: u64) -> Result<u64, ApiError> {
+    query_u64_in(req, name, default, 1, max)
+}
+
+pub(crate) fn query_u64_in(
+    req: &Request,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
     match query_params(req).get(name) {
         None => Ok(default),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| Error::invalid(name, format!("{name} must be a whole number from 1 to {max}")).into()),
+        Some(v) => {
+            v.parse::<u64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
+                Error::invalid(name, format!("{name} must be a whole number from {min} to {max}")).into()
+            })
+        }
     }
 }
 
@@ -756,8 +818,9 @@ pub(crate) fn license_json(l: &License) -> Value {
 }
 
 async fn put_license(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let id = path_ident(params, "licenseId")?;
+    caller.check_service()?;
     let body = body_object(req)?;
     let key = opt_str(&body, "key")?.map(str::to_owned);
     let features = match body.get("features") {
@@ -804,15 +867,17 @@ fn whole_numbers(policy: &Map<String, Value>) -> Map<String, Value> {
 }
 
 async fn delete_license(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let id = path_ident(params, "licenseId")?;
+    caller.check_service()?;
     let ended = svc.delete_license(id.clone()).await?;
     json_ok(json!({"licenseId": id, "ended": ended}))
 }
 
 async fn get_license(svc: &Service, req: &Request, params: &BTreeMap<String, String>) -> ApiResult {
-    require_admin(svc, req)?;
+    let caller = authorize(svc, req).await?;
     let id = path_ident(params, "licenseId")?;
+    caller.check_license(&id)?;
     json_ok(license_json(&svc.get_license(id).await?))
 }
 

@@ -10,9 +10,13 @@
 //! | key item ²          | `K#<key hash>`     | `KEY`                       |                        |                                      |                                 |                                 |
 //! | session             | `S#<session id>`   | `SESSION`                   | `A#<l>/<f>` / `<sid>` ¹ | `U#<user>/<feature>` / `<created>#<sid>` | `LS#<license>` / `<created>#<sid>` | `ACTIVE#<sid[0]>` / `<l>/<f>` ¹ |
 //! | event               | `E#<license>`      | `<at>#<kind>#<sid or uuid>` |                        |                                      |                                 |                                 |
+//! | admin token         | `L#<license>`      | `T#<token id>`              |                        |                                      |                                 |                                 |
+//! | admin token lookup ³ | `AT#<token hash>` | `ADMIN_TOKEN`               |                        |                                      |                                 |                                 |
 //!
 //! ¹ only while the session is active: an end removes these attributes (sparse indexes).
 //! ² the key hash's uniqueness (no two licenses share a key), and a copy of the license as written.
+//! ³ written and removed in one transaction with the token's item in its license's partition;
+//! holds only the token's SHA-256 hash, never the token.
 //! Times in sort keys are milliseconds, zero-padded to 20 digits. Identifiers never contain `/` or
 //! `#` (see `Ident`), so the composite keys are unambiguous.
 //!
@@ -24,7 +28,11 @@
 //! - `slots`: gsi1 `SLOTS`, the one partition that lists every (license, feature), removed ones too
 //!   (written only by admin license writes and the sweep, so it stays cold).
 //! - `active_slots` (full sweep only): gsi4, 16 partitions by the first hex digit of the session id.
-//! - `user_sessions`: gsi2. `stats`: the `E#` partition by time, and gsi3 for the sessions' spans.
+//! - `user_sessions`: gsi2. `stats`, `usage`: the `E#` partition by time, and gsi3 for the
+//!   sessions' spans.
+//! - `admin_token`: one consistent GetItem of the `AT#` item; `create_admin_token` checks that the
+//!   license exists and bumps its `token_writes` in the same transaction, and `delete_license` is
+//!   conditional on that counter, so a license is never deleted past a token it has not seen.
 //!
 //! What must change together is one `TransactWriteItems`: a license, its features and its key's
 //! uniqueness item; a new session, its `created` event and the ends it caused; each end and its
@@ -59,7 +67,10 @@ use aws_sdk_dynamodb::Client;
 
 use crate::domain::{EndReason, FeaturePolicy, Ident, License, OnLimit, Slot};
 use crate::error::{Error, Result};
-use crate::ledger::{FeatureStats, Ledger, PutLicense, SessionEnd, SessionRow, SessionSpan, SlotEntry, ACTIVE};
+use crate::ledger::{
+    AdminTokenRow, FeatureStats, Ledger, PutLicense, SessionEnd, SessionRow, SessionSpan, SlotEntry, UsageHistory,
+    ACTIVE,
+};
 
 /// How long ended sessions and events are kept before DynamoDB's TTL removes them.
 pub const RETENTION_DAYS: i64 = 400;
@@ -295,10 +306,25 @@ fn policy_of(item: &Item) -> Result<FeaturePolicy> {
     })
 }
 
-/// A license's partition as read: the license item (if any) and every feature item.
+/// A license's partition as read: the license item (if any), every feature item and every admin
+/// token item.
 struct Partition {
     license: Option<Item>,
     features: Vec<Item>,
+    tokens: Vec<Item>,
+}
+
+fn admin_token_row(item: &Item) -> Result<AdminTokenRow> {
+    Ok(AdminTokenRow {
+        token_id: need_s(item, "token_id")?,
+        license_id: need_s(item, "license_id")?,
+        token_hash: need_s(item, "token_hash")?,
+        created_at_ms: need_n(item, "created_at")?,
+    })
+}
+
+fn admin_token_lookup_key(token_hash: &str) -> Item {
+    key(format!("AT#{token_hash}"), "ADMIN_TOKEN")
 }
 
 impl Partition {
@@ -467,11 +493,12 @@ impl DynamoLedger {
                     .consistent_read(true)
             })
             .await?;
-        let mut p = Partition { license: None, features: Vec::new() };
+        let mut p = Partition { license: None, features: Vec::new(), tokens: Vec::new() };
         for item in items {
             match get_s(&item, "sk") {
                 Some("LICENSE") => p.license = Some(item),
                 Some(sk) if sk.starts_with("F#") => p.features.push(item),
+                Some(sk) if sk.starts_with("T#") => p.tokens.push(item),
                 _ => {}
             }
         }
@@ -601,6 +628,32 @@ impl DynamoLedger {
             }
         }
         Err(Error::ledger("DynamoDB: ends kept conflicting with other writers"))
+    }
+
+    /// The two items of an admin token, as transaction deletes.
+    fn admin_token_deletes(&self, t: &AdminTokenRow) -> Result<[TransactWriteItem; 2]> {
+        let own = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(license_pk(&t.license_id), &format!("T#{}", t.token_id))))
+            .build()
+            .map_err(build_err)?;
+        let lookup = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(admin_token_lookup_key(&t.token_hash)))
+            .build()
+            .map_err(build_err)?;
+        Ok([TransactWriteItem::builder().delete(own).build(), TransactWriteItem::builder().delete(lookup).build()])
+    }
+
+    /// Removes an admin token's two items together.
+    async fn delete_admin_token(&self, t: &AdminTokenRow) -> Result<()> {
+        for attempt in 0..MAX_ATTEMPTS {
+            match self.transact(self.admin_token_deletes(t)?.into()).await? {
+                Transacted::Done => return Ok(()),
+                Transacted::Cancelled(_) => backoff(attempt).await,
+            }
+        }
+        Err(Error::ledger("DynamoDB: token revocation kept conflicting"))
     }
 
     async fn query_gsi1(&self, pk: String, count_only: bool) -> Result<(Vec<Item>, u64)> {
@@ -841,14 +894,27 @@ impl Ledger for DynamoLedger {
             if current.live_features().count() + 2 > MAX_TRANSACT_ITEMS {
                 return Err(Error::ledger("license has more features than one DynamoDB transaction holds"));
             }
+            // Tokens go with the license, in its transaction while they fit; the ones beyond are
+            // revoked first (a token made meanwhile changes `token_writes`: the delete reads again).
+            let room = MAX_TRANSACT_ITEMS - 2 - current.live_features().count();
+            if current.tokens.len() * 2 > room {
+                for t in &current.tokens[room / 2..] {
+                    self.delete_admin_token(&admin_token_row(t)?).await?;
+                }
+                continue;
+            }
             let del = Delete::builder()
                 .table_name(&self.table)
                 .set_key(Some(key(license_pk(id.as_str()), "LICENSE")))
-                .condition_expression("version = :v")
+                .condition_expression("version = :v AND (attribute_not_exists(token_writes) OR token_writes = :tw)")
                 .expression_attribute_values(":v", n(need_n(license, "version")?))
+                .expression_attribute_values(":tw", n(get_n(license, "token_writes").unwrap_or(0)))
                 .build()
                 .map_err(build_err)?;
             let mut items = vec![TransactWriteItem::builder().delete(del).build()];
+            for t in &current.tokens {
+                items.extend(self.admin_token_deletes(&admin_token_row(t)?)?);
+            }
             let del_key = Delete::builder()
                 .table_name(&self.table)
                 .set_key(Some(key(format!("K#{}", need_s(license, "key_hash")?), "KEY")))
@@ -1132,6 +1198,134 @@ impl Ledger for DynamoLedger {
             out.entry(row.feature).or_default().spans.push(span);
         }
         Ok(out)
+    }
+
+    async fn create_admin_token(&self, license: &Ident, token_id: &str, token_hash: &str, now_ms: i64) -> Result<bool> {
+        let row = AdminTokenRow {
+            token_id: token_id.to_owned(),
+            license_id: license.to_string(),
+            token_hash: token_hash.to_owned(),
+            created_at_ms: now_ms,
+        };
+        let attrs = [
+            ("token_id".to_owned(), s(token_id)),
+            ("license_id".to_owned(), s(license.as_str())),
+            ("token_hash".to_owned(), s(token_hash)),
+            ("created_at".to_owned(), n(now_ms)),
+        ];
+        let mut own = key(license_pk(license.as_str()), &format!("T#{token_id}"));
+        own.extend(attrs.clone());
+        let mut lookup = admin_token_lookup_key(token_hash);
+        lookup.extend(attrs);
+        // The license must exist, and learns of the token: a deletion that has not seen it fails.
+        let bump = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(license_pk(license.as_str()), "LICENSE")))
+            .update_expression("SET token_writes = if_not_exists(token_writes, :zero) + :one")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(build_err)?;
+        for attempt in 0..MAX_ATTEMPTS {
+            let items = vec![
+                TransactWriteItem::builder().update(bump.clone()).build(),
+                self.put(own.clone(), Some("attribute_not_exists(pk)"))?,
+                self.put(lookup.clone(), Some("attribute_not_exists(pk)"))?,
+            ];
+            match self.transact(items).await? {
+                Transacted::Done => return Ok(true),
+                Transacted::Cancelled(reasons) => {
+                    if reasons.first().and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed") {
+                        return Ok(false);
+                    }
+                    if reasons.iter().skip(1).any(|r| r.as_deref() == Some("ConditionalCheckFailed")) {
+                        return Err(Error::ledger(format!("admin token {} exists already", row.token_id)));
+                    }
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(Error::ledger("DynamoDB: token creation kept conflicting"))
+    }
+
+    async fn admin_token(&self, token_hash: &str) -> Result<Option<AdminTokenRow>> {
+        let _turn = self.turn().await?;
+        let got = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(admin_token_lookup_key(token_hash)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        got.item().map(admin_token_row).transpose()
+    }
+
+    async fn revoke_admin_token(&self, license: &Ident, token_id: &str) -> Result<bool> {
+        let got = {
+            let _turn = self.turn().await?;
+            self.client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key(license_pk(license.as_str()), &format!("T#{token_id}"))))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(sdk_err)?
+        };
+        let Some(item) = got.item() else { return Ok(false) };
+        self.delete_admin_token(&admin_token_row(item)?).await?;
+        Ok(true)
+    }
+
+    async fn usage(&self, slot: &Slot, from_ms: i64, to_ms: i64) -> Result<UsageHistory> {
+        let license = slot.license.as_str();
+        // Created before `to_ms` (`<created>#<sid>` sorts after `<created>`), active or ended since `from_ms`.
+        let sessions = self
+            .query_all(|q| {
+                q.index_name("gsi3")
+                    .key_condition_expression("gsi3pk = :pk AND gsi3sk < :until")
+                    .filter_expression("feature = :f AND (#st = :active OR ended_at >= :since)")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":pk", s(format!("LS#{license}")))
+                    .expression_attribute_values(":until", s(t(to_ms)))
+                    .expression_attribute_values(":f", s(slot.feature.as_str()))
+                    .expression_attribute_values(":active", s(ACTIVE))
+                    .expression_attribute_values(":since", n(from_ms))
+            })
+            .await?;
+        let spans = sessions
+            .iter()
+            .map(|item| {
+                let row = session_row(item)?;
+                Ok(SessionSpan {
+                    session_id: row.session_id,
+                    feature: row.feature,
+                    created_ms: row.created_at_ms,
+                    end_ms: row.ended_at_ms,
+                    expires_ms: row.expires_at_ms,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Events at or after `from_ms` and before `to_ms`: `~` sorts after every `<at>#...` tail.
+        let events = self
+            .query_all(|q| {
+                q.key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                    .filter_expression("feature = :f AND kind = :k")
+                    .expression_attribute_values(":pk", s(format!("E#{license}")))
+                    .expression_attribute_values(":from", s(t(from_ms)))
+                    .expression_attribute_values(":to", s(format!("{}~", t(to_ms - 1))))
+                    .expression_attribute_values(":f", s(slot.feature.as_str()))
+                    .expression_attribute_values(":k", s("limit_rejected"))
+            })
+            .await?;
+        let rejections = events
+            .iter()
+            .map(|e| Ok((need_n(e, "at")?, get_n(e, "count").unwrap_or(1).max(0) as u64)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UsageHistory { spans, rejections })
     }
 
     /// Creates the table with its indexes when missing, waits until it is active, and turns TTL

@@ -106,6 +106,23 @@ pub struct FeatureStats {
     pub spans: Vec<SessionSpan>,
 }
 
+/// A license-scoped admin token as the ledger keeps it: never the token, only its SHA-256 hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminTokenRow {
+    pub token_id: String,
+    pub license_id: String,
+    pub token_hash: String,
+    pub created_at_ms: i64,
+}
+
+/// A feature's history over a window, for the usage series: the spans of the sessions that
+/// overlap it, and the refused creates per minute (minute start ms, how many) within it.
+#[derive(Debug, Default, Clone)]
+pub struct UsageHistory {
+    pub spans: Vec<SessionSpan>,
+    pub rejections: Vec<(i64, u64)>,
+}
+
 /// The ledger a URL names: `dynamodb://...`, else an SQL database, each with its cargo feature
 /// (`dynamodb`, `sqlite`, `postgres`, `mysql`); a URL whose feature this build lacks is an error
 /// that names the feature. Connects lazily: fails only on a malformed URL. `pool_size`:
@@ -169,7 +186,7 @@ pub trait Ledger: Send + Sync {
         }
         Ok(out)
     }
-    /// Removes a license: its key stops working at once, its features stay marked removed until the
+    /// Removes a license, and its admin tokens with it: its key stops working at once, its features stay marked removed until the
     /// sweep has ended their sessions. Returns the features it had, or `None` for an unknown license.
     async fn delete_license(&self, id: &Ident, now_ms: i64) -> Result<Option<Vec<Ident>>>;
     async fn license_by_key_hash(&self, key_hash: &str) -> Result<Option<License>>;
@@ -208,6 +225,17 @@ pub trait Ledger: Send + Sync {
     async fn write_heartbeats(&self, beats: &[(String, i64, i64)]) -> Result<u64>;
     /// Counters per feature of a license over `[since_ms, now_ms]`, with the spans of its sessions.
     async fn stats(&self, license: &Ident, since_ms: i64, now_ms: i64) -> Result<BTreeMap<String, FeatureStats>>;
+    /// Records a new license-scoped admin token (by its hash), unless the license is gone: `false`
+    /// then. A license deleted meanwhile never keeps a token.
+    async fn create_admin_token(&self, license: &Ident, token_id: &str, token_hash: &str, now_ms: i64) -> Result<bool>;
+    /// The admin token with this hash, read consistently (a revoked token is gone at once).
+    async fn admin_token(&self, token_hash: &str) -> Result<Option<AdminTokenRow>>;
+    /// Removes one token of a license; `false` when the license has no such token.
+    async fn revoke_admin_token(&self, license: &Ident, token_id: &str) -> Result<bool>;
+    /// A feature's session spans and refusals over `[from_ms, to_ms)`: the sessions created before
+    /// `to_ms` that were active or ended at or after `from_ms`, and the refusal counts of the
+    /// minutes that start within the window.
+    async fn usage(&self, slot: &Slot, from_ms: i64, to_ms: i64) -> Result<UsageHistory>;
     /// Applies the ledger's schema migrations. Never run implicitly by connecting: `seatkeeper
     /// migrate` and the local runner's start call it, Lambda cold starts do not. A ledger with no
     /// schema of its own has nothing to do; a wrapper should pass the call on.

@@ -8,7 +8,10 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use super::{FeatureStats, Ledger, NewSession, PutLicense, SessionEnd, SessionRow, SessionSpan, SlotEntry};
+use super::{
+    AdminTokenRow, FeatureStats, Ledger, NewSession, PutLicense, SessionEnd, SessionRow, SessionSpan, SlotEntry,
+    UsageHistory,
+};
 use crate::domain::{EndReason, FeaturePolicy, Ident, License, OnLimit, Slot};
 use crate::error::{Error, Result};
 
@@ -673,6 +676,13 @@ impl Ledger for SqlLedger {
             if deleted == 0 {
                 return Ok(None);
             }
+            // The license row's lock (or SQLite's write lock) orders this after any token insert
+            // that saw the license, so none outlives it.
+            sqlx::query(self.sql("DELETE FROM admin_tokens WHERE license_id = ?"))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
             let features = self.remove_features(&mut tx, id, now_ms).await?;
             tx.commit().await.map_err(db)?;
             Ok(Some(features))
@@ -867,6 +877,107 @@ impl Ledger for SqlLedger {
         Ok(out)
     }
 
+    async fn create_admin_token(&self, license: &Ident, token_id: &str, token_hash: &str, now_ms: i64) -> Result<bool> {
+        retried(|| async move {
+            let mut tx = self.begin_write().await.map_err(db)?;
+            // Locks the license row: a deletion waits for this insert and then removes the token too.
+            let lock = if self.dialect == Dialect::Sqlite { "" } else { " FOR UPDATE" };
+            let exists = sqlx::query(self.sql(&format!("SELECT license_id FROM licenses WHERE license_id = ?{lock}")))
+                .bind(license.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
+                .is_some();
+            if !exists {
+                return Ok(false);
+            }
+            sqlx::query(
+                self.sql("INSERT INTO admin_tokens (token_id, license_id, token_hash, created_at) VALUES (?, ?, ?, ?)"),
+            )
+            .bind(token_id)
+            .bind(license.as_str())
+            .bind(token_hash)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn admin_token(&self, token_hash: &str) -> Result<Option<AdminTokenRow>> {
+        let row = sqlx::query(
+            self.sql("SELECT token_id, license_id, token_hash, created_at FROM admin_tokens WHERE token_hash = ?"),
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|r| {
+            Ok(AdminTokenRow {
+                token_id: r.try_get(0).map_err(db)?,
+                license_id: r.try_get(1).map_err(db)?,
+                token_hash: r.try_get(2).map_err(db)?,
+                created_at_ms: r.try_get(3).map_err(db)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn revoke_admin_token(&self, license: &Ident, token_id: &str) -> Result<bool> {
+        let done = sqlx::query(self.sql("DELETE FROM admin_tokens WHERE license_id = ? AND token_id = ?"))
+            .bind(license.as_str())
+            .bind(token_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn usage(&self, slot: &Slot, from_ms: i64, to_ms: i64) -> Result<UsageHistory> {
+        let rows = sqlx::query(self.sql(
+            "SELECT session_id, created_at, ended_at, expires_at FROM sessions \
+             WHERE license_id = ? AND feature = ? AND created_at < ? AND (status = 'active' OR ended_at >= ?)",
+        ))
+        .bind(slot.license.as_str())
+        .bind(slot.feature.as_str())
+        .bind(to_ms)
+        .bind(from_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let spans = rows
+            .iter()
+            .map(|r| {
+                Ok(SessionSpan {
+                    session_id: r.try_get(0).map_err(db)?,
+                    feature: slot.feature.to_string(),
+                    created_ms: r.try_get(1).map_err(db)?,
+                    end_ms: r.try_get(2).map_err(db)?,
+                    expires_ms: r.try_get(3).map_err(db)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows = sqlx::query(self.sql(
+            "SELECT at, count FROM session_events \
+             WHERE license_id = ? AND at >= ? AND at < ? AND feature = ? AND kind = 'limit_rejected'",
+        ))
+        .bind(slot.license.as_str())
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(slot.feature.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let rejections = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0).map_err(db)?, r.try_get::<i64, _>(1).map_err(db)?.max(0) as u64)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UsageHistory { spans, rejections })
+    }
+
     async fn migrate(&self) -> Result<()> {
         if self.dialect == Dialect::Sqlite {
             // WAL lets readers run beside the writer; the setting persists in the file.
@@ -877,8 +988,8 @@ impl Ledger for SqlLedger {
 }
 
 /// The ledger's migrations. The first schema is one template, rendered per dialect (column types,
-/// engines and identity columns differ); every later change is portable SQL, in one file for all
-/// three. A shipped migration never changes: sqlx refuses a database whose applied migration's
+/// engines and identity columns differ); a later change is portable SQL, in one file for all
+/// three, or a template too when it makes a table (MySQL's engine and collation). A shipped migration never changes: sqlx refuses a database whose applied migration's
 /// checksum differs, and `shipped_migrations_never_change` holds each rendering to what shipped.
 fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -891,6 +1002,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             include_str!("../../migrations/0002_policy_version_feature_removal.sql").into(),
         ),
         (3, "event counts", include_str!("../../migrations/0003_event_counts.sql").into()),
+        (4, "admin tokens", render(include_str!("../../migrations/0004_admin_tokens.sql.tmpl"), dialect)),
     ];
     Migrator::with_migrations(
         steps
@@ -910,6 +1022,11 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
 
 /// The first schema in a dialect: `0001_init.sql.tmpl` with its four placeholders filled.
 fn init_schema(dialect: Dialect) -> String {
+    render(include_str!("../../migrations/0001_init.sql.tmpl"), dialect)
+}
+
+/// A migration template in a dialect.
+fn render(template: &str, dialect: Dialect) -> String {
     let (note, table_options, unicode_text, identity) = match dialect {
         Dialect::Sqlite => ("", "", "", "INTEGER PRIMARY KEY AUTOINCREMENT"),
         Dialect::Postgres => ("", "", "", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
@@ -920,7 +1037,7 @@ fn init_schema(dialect: Dialect) -> String {
             "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
         ),
     };
-    include_str!("../../migrations/0001_init.sql.tmpl")
+    template
         .replace("{dialect_note}", note)
         .replace("{table_options}", table_options)
         .replace("{unicode_text}", unicode_text)
@@ -939,25 +1056,34 @@ mod tests {
             "369b92e1fd9b813c143739b45a1805e825b6f0856e1b2bcd1eec71e2dc3153f446b693798c357a3e29d45170651ac53f",
             "48875f44ffeba9b821d977f1d9a13baef177c241b2c7b51eb7a113ad515defb09169cafe1eea39e1e209c21cccc2acd5",
         ];
-        for (dialect, init) in [
+        // 0004 (admin tokens) is rendered per dialect, as the first schema is.
+        for (dialect, init, tokens) in [
             (
                 Dialect::Sqlite,
                 "81d7a86a0e7f0a0265410bfbb81f487206555107ea0d127cc78615d792dcb6a5d4a6cce25209eb0905a277d85d60c6bd",
+                "4ab6cfea9e7d60e7f54e59c47b3147527ba42d3abee0a8c981190e01d9d98463ef6b438b831fde7da97e979829ecd7bd",
             ),
             (
                 Dialect::Postgres,
                 "ba36fc96db47b3f53a9871cd5544083438e3624ad0ac98b5d81110124fb57e65b118ad2f41a81735a97e1069cb9e97f7",
+                "4ab6cfea9e7d60e7f54e59c47b3147527ba42d3abee0a8c981190e01d9d98463ef6b438b831fde7da97e979829ecd7bd",
             ),
             (
                 Dialect::MySql,
                 "d665569ca90f1f6ff0776d2a5c54d1379a66e0ab6d65cf637ad00926ee4d1c2c4ecc825e5f14cff2a1a23c4eaa1ef004",
+                "cbf21c8396f9422189f3879438f7b15c8dfdd83c74b98071a4a9a189f80fc910eab0980fd7724cad48ede4814bbb987c",
             ),
         ] {
             let m = migrator(dialect);
             let got: Vec<(i64, String)> =
                 m.iter().map(|m| (m.version, m.checksum.iter().map(|b| format!("{b:02x}")).collect())).collect();
-            let want: Vec<(i64, String)> =
-                [init].iter().chain(&later).enumerate().map(|(i, c)| (i as i64 + 1, (*c).to_owned())).collect();
+            let want: Vec<(i64, String)> = [init]
+                .iter()
+                .chain(&later)
+                .chain([&tokens])
+                .enumerate()
+                .map(|(i, c)| (i as i64 + 1, (*c).to_owned()))
+                .collect();
             assert_eq!(got, want, "{dialect:?}");
         }
     }

@@ -85,7 +85,11 @@ impl Service {
                 self.outbox.drain(&entry.slot).await?;
             }
         }
-        let rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
+        let mut rows = self.ledger.user_sessions(user, feature, now_ms() - LOOKBACK_MS).await?;
+        // Narrowed to one license, nothing of another shows (a license-scoped admin sees its own).
+        if let Some(l) = license {
+            rows.retain(|r| r.license_id == l.as_str());
+        }
         if rows.is_empty() && license.is_none() {
             return Err(Error::NotFound(format!(
                 "no sessions of user {user} for feature {feature} in the last 24 hours"
@@ -142,9 +146,9 @@ impl Service {
         Ok(ForceCleanup { ended })
     }
 
-    /// Both stores side by side for one user and feature, drift flagged.
-    pub async fn debug(&self, user: &Ident, feature: &Ident) -> Result<DebugView> {
-        let (rows, slots) = self.user_scope(user, feature, None).await?;
+    /// Both stores side by side for one user and feature (in one license, when given), drift flagged.
+    pub async fn debug(&self, user: &Ident, feature: &Ident, license: Option<&Ident>) -> Result<DebugView> {
+        let (rows, slots) = self.user_scope(user, feature, license).await?;
         let mut sessions: BTreeMap<String, DebugSession> = rows
             .iter()
             .map(|r| {

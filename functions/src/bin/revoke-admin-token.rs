@@ -1,0 +1,6 @@
+//! Lambda function for the route `RevokeAdminToken` of the core's route table.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    seatkeeper_functions::serve(seatkeeper_core::http::Op::RevokeAdminToken).await
+}

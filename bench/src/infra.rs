@@ -225,7 +225,8 @@ impl Stack {
         ledger.migrate().await.map_err(|e| anyhow::anyhow!("ledger migrations: {e:?}"))?;
         let stats = Arc::new(LedgerStats::default());
         let timed = TimedLedger { inner: ledger.clone(), stats: stats.clone() };
-        let svc = Service::new(seats, Arc::new(timed), cfg);
+        let history = SeatStore::connect(&cfg.redis_url).map_err(|e| anyhow::anyhow!("seat store: {e:?}"))?;
+        let svc = Service::with_history_store(seats, history, Arc::new(timed), cfg);
         // As the runner does: history leaves the outbox in the background.
         svc.start_history_writer();
         Ok(Stack { svc, ledger, stats })

@@ -204,7 +204,13 @@ async fn handle(svc: &Service, req: hyper::Request<Incoming>, body_timeout: Dura
                         Err(e) => Body::Binary(e.into_bytes()),
                     }
                 };
-                dispatch(svc, Request::from_parts(parts, body)).await
+                let req = Request::from_parts(parts, body);
+                // The runner's own route: one process's counters (see `seatkeeper_core::metrics`).
+                if req.uri().path() == "/metrics" && matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+                    with_cors(svc, origin.as_ref(), seatkeeper_core::http::metrics(svc, &req).await)
+                } else {
+                    dispatch(svc, req).await
+                }
             }
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 close = true;

@@ -14,12 +14,14 @@
 //! - [`ops`]: housekeeping and the operator's views over the service: the sweep, the admin views.
 //! - [`http`]: the route table and the contract's request and response shapes; the only layer that
 //!   knows HTTP.
-//! - [`telemetry`]: logging setup for the binaries.
+//! - [`telemetry`]: logging setup for the binaries; [`metrics`]: the process's Prometheus
+//!   registry, which any room may count into.
 
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod ops;
 pub mod seats;
 pub mod service;

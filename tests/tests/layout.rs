@@ -10,12 +10,13 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("token", &["domain"]),
     ("config", &["domain"]),
     ("telemetry", &[]),
+    ("metrics", &[]),
     ("seats", &["domain", "config"]),
     ("ledger", &["domain", "config", "token"]),
-    ("webhooks", &["domain", "config", "token", "seats", "ledger"]),
-    ("service", &["domain", "config", "token", "seats", "ledger", "webhooks"]),
-    ("ops", &["domain", "config", "token", "seats", "ledger", "webhooks", "service"]),
-    ("http", &["domain", "config", "token", "seats", "ledger", "webhooks", "service", "ops"]),
+    ("webhooks", &["domain", "config", "token", "seats", "ledger", "metrics"]),
+    ("service", &["domain", "config", "token", "seats", "ledger", "webhooks", "metrics"]),
+    ("ops", &["domain", "config", "token", "seats", "ledger", "webhooks", "service", "metrics"]),
+    ("http", &["domain", "config", "token", "seats", "ledger", "webhooks", "service", "ops", "metrics"]),
 ];
 
 fn src() -> PathBuf {

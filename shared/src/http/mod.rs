@@ -236,6 +236,10 @@ impl From<Error> for ApiError {
             }
             Error::StoreUnavailable { store, detail, .. } => {
                 tracing::error!(store = store.as_str(), error = %detail, "store unavailable");
+                crate::metrics::metrics()
+                    .store_errors
+                    .get_or_create(&crate::metrics::StoreLabels { store: store.as_str().to_owned() })
+                    .inc();
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
@@ -331,6 +335,30 @@ fn query_params(req: &Request) -> BTreeMap<String, String> {
             Some((percent_decode(k)?, percent_decode(v)?))
         })
         .collect()
+}
+
+/// `GET /metrics` (the local runner's; a Lambda function's counters would cover one instance):
+/// the Prometheus text format, for the service admin's credential only (a scrape config's
+/// `authorization`), as the operator routes.
+pub async fn metrics(svc: &Service, req: &Request) -> Response<Body> {
+    let started = Instant::now();
+    let resp = match authorize(svc, req).await.and_then(|c| c.check_service().map_err(ApiError::from)) {
+        Err(e) => e.into_response(),
+        Ok(()) => {
+            if let Some(w) = svc.webhooks() {
+                w.refresh_gauges().await;
+            }
+            let mut resp = Response::new(Body::Text(crate::metrics::metrics().render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            resp
+        }
+    };
+    log_request("metrics", resp.status(), started);
+    resp
 }
 
 /// Serves a request through the route table (the local runner's entry point).
@@ -530,6 +558,7 @@ pub fn with_cors(svc: &Service, origin: Option<&HeaderValue>, mut resp: Response
 /// One line per request: at `debug` for answers the contract expects (a heartbeat costs a few
 /// microseconds of CPU, a log line about as much again), at `warn` when a store failed.
 fn log_request(route: &str, status: StatusCode, started: Instant) {
+    crate::metrics::metrics().request(route, status.as_u16(), started.elapsed());
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status.is_server_error() {
         tracing::warn!(route, status = status.as_u16(), latency_ms, "request");

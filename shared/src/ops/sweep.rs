@@ -155,6 +155,12 @@ impl Service {
             }
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
+        let m = crate::metrics::metrics();
+        m.sweeps.inc();
+        m.sweep_expired.inc_by(report.expired);
+        m.sweep_orphans_removed.inc_by(report.orphan_seats + report.orphan_rows);
+        m.sweep_repaired.inc_by(report.repaired);
+        m.sweep_failed_slots.inc_by(report.failed_slots);
         Ok(report)
     }
 

@@ -109,9 +109,16 @@ impl Health {
 
 impl Service {
     pub fn new(seats: SeatStore, ledger: Arc<dyn Ledger>, config: Config) -> Self {
-        let webhooks = config.webhook.clone().map(|w| Webhooks::new(seats.clone(), ledger.clone(), w));
+        Self::with_history_store(seats.clone(), seats, ledger, config)
+    }
+
+    /// `new`, with the outbox's drain and the webhooks going through `history`, a seat store
+    /// connection of their own: a drain's replies (up to 256 entries) then never hold up the
+    /// seat calls pipelined behind them on one connection.
+    pub fn with_history_store(seats: SeatStore, history: SeatStore, ledger: Arc<dyn Ledger>, config: Config) -> Self {
+        let webhooks = config.webhook.clone().map(|w| Webhooks::new(history.clone(), ledger.clone(), w));
         Service {
-            outbox: Outbox::new(seats.clone(), ledger.clone(), webhooks.clone()),
+            outbox: Outbox::new(history, ledger.clone(), webhooks.clone()),
             webhooks,
             seats,
             licenses: Arc::new(LicenseCache::new(config.license_cache)),
@@ -125,8 +132,9 @@ impl Service {
     /// (see `migrate`), so a Lambda cold start needs neither the ledger nor DDL rights.
     pub async fn connect(config: Config) -> Result<Self> {
         let seats = SeatStore::connect(&config.redis_url)?;
+        let history = SeatStore::connect(&config.redis_url)?;
         let ledger = crate::ledger::open(&config.ledger_url, config.ledger_pool_size).await?;
-        Ok(Service::new(seats, ledger, config))
+        Ok(Service::with_history_store(seats, history, ledger, config))
     }
 
     pub fn config(&self) -> &Config {
@@ -324,6 +332,10 @@ impl Service {
                 if first_of_minute {
                     self.outbox.nudge(&slot);
                 }
+                crate::metrics::metrics()
+                    .limit_refusals
+                    .get_or_create(&crate::metrics::Metrics::feature(slot.feature.as_str()))
+                    .inc();
                 return Err(Error::SeatLimitReached {
                     scope,
                     limit,

@@ -171,6 +171,16 @@ impl Outbox {
         if !ends.is_empty() {
             self.inner.ledger.end_sessions(&ends).await?;
         }
+        let m = crate::metrics::metrics();
+        m.sessions_started
+            .get_or_create(&crate::metrics::Metrics::feature(slot.feature.as_str()))
+            .inc_by(sessions.len() as u64);
+        for end in &ends {
+            let labels =
+                crate::metrics::EndLabels { feature: slot.feature.to_string(), reason: end.reason.as_str().to_owned() };
+            m.sessions_ended.get_or_create(&labels).inc();
+        }
+        m.outbox_entries_drained.inc_by(batch.len() as u64);
         Ok(())
     }
 

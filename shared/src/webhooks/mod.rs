@@ -12,7 +12,7 @@
 
 pub mod sign;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,14 +132,6 @@ pub struct SendReport {
     pub given_up: u64,
 }
 
-/// Counters since the process started, for `/metrics`.
-#[derive(Default)]
-pub struct SendTotals {
-    pub delivered: AtomicU64,
-    pub failed: AtomicU64,
-    pub given_up: AtomicU64,
-}
-
 /// The sender.
 #[derive(Clone)]
 pub struct Webhooks {
@@ -153,7 +145,6 @@ struct Inner {
     client: HttpClient,
     wake: Notify,
     started: AtomicBool,
-    totals: SendTotals,
 }
 
 impl Webhooks {
@@ -181,13 +172,8 @@ impl Webhooks {
                 client,
                 wake: Notify::new(),
                 started: AtomicBool::new(false),
-                totals: SendTotals::default(),
             }),
         }
-    }
-
-    pub fn totals(&self) -> &SendTotals {
-        &self.inner.totals
     }
 
     /// Something was queued: the background sender looks now.
@@ -203,11 +189,14 @@ impl Webhooks {
             let n = taken.len();
             let outcomes = futures::future::join_all(taken.into_iter().map(|c| self.send_one(c))).await;
             for outcome in outcomes {
-                match outcome? {
-                    Sent::Delivered => report.delivered += 1,
-                    Sent::Failed => report.failed += 1,
-                    Sent::GivenUp => report.given_up += 1,
-                }
+                let (counter, label) = match outcome? {
+                    Sent::Delivered => (&mut report.delivered, "delivered"),
+                    Sent::Failed => (&mut report.failed, "failed"),
+                    Sent::GivenUp => (&mut report.given_up, "given_up"),
+                };
+                *counter += 1;
+                let labels = crate::metrics::OutcomeLabels { outcome: label.to_owned() };
+                crate::metrics::metrics().webhook_deliveries.get_or_create(&labels).inc();
             }
             if n < CLAIM_BATCH {
                 return Ok(report);
@@ -236,10 +225,8 @@ impl Webhooks {
             Ok(Err(_)) => Some("the request failed".to_owned()),
             Err(_) => Some(format!("no answer within {SEND_TIMEOUT:?}")),
         };
-        let totals = &self.inner.totals;
         let Some(failure) = failure else {
             self.inner.seats.webhook_done(id).await?;
-            totals.delivered.fetch_add(1, Ordering::Relaxed);
             return Ok(Sent::Delivered);
         };
         match RETRY_DELAYS_MS.get(claimed.attempts as usize) {
@@ -251,7 +238,6 @@ impl Webhooks {
                     "webhook not delivered: {failure}"
                 );
                 self.inner.seats.webhook_retry(id, delay, &body).await?;
-                totals.failed.fetch_add(1, Ordering::Relaxed);
                 Ok(Sent::Failed)
             }
             None => {
@@ -261,7 +247,6 @@ impl Webhooks {
                     "webhook given up after its last retry: {failure}"
                 );
                 self.inner.seats.webhook_done(id).await?;
-                totals.given_up.fetch_add(1, Ordering::Relaxed);
                 Ok(Sent::GivenUp)
             }
         }
@@ -296,6 +281,18 @@ impl Webhooks {
         };
         v["data"]["refusals"] = json!((in_redis + in_ledger).max(1));
         Ok(v.to_string())
+    }
+
+    /// Reads the queue's depth into the metrics (at scrape time).
+    pub async fn refresh_gauges(&self) {
+        match self.inner.seats.webhook_backlog().await {
+            Ok((waiting, overdue_ms)) => {
+                let m = crate::metrics::metrics();
+                m.webhook_queue.set(waiting as i64);
+                m.webhook_queue_overdue_seconds.set(overdue_ms as f64 / 1000.0);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the webhook queue for /metrics"),
+        }
     }
 
     /// Starts the background sender of a long-lived process (once).

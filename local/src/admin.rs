@@ -189,6 +189,68 @@ pub fn render(kind: &str, v: &Value) -> String {
                 "averageSessionSeconds",
             ]),
         ),
+        "licenses" => {
+            let mut out = Vec::new();
+            for l in v["licenses"].as_array().into_iter().flatten() {
+                for (f, p) in l["features"].as_object().into_iter().flatten() {
+                    out.push(vec![cell(&l["licenseId"]), f.clone(), cell(&p["maxSessions"]), cell(&p["active"])]);
+                }
+            }
+            let next = match v["nextCursor"].as_str() {
+                Some(c) => format!("\nnext page: --cursor {c}"),
+                None => String::new(),
+            };
+            format!("{}{next}", table(&["LICENSE", "FEATURE", "LIMIT", "LIVE"], &out))
+        }
+        "sessions" => {
+            let now = chrono::Utc::now();
+            let ago = |t: &Value| {
+                t.as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| format!("{}s ago", (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0)))
+                    .unwrap_or_else(|| cell(t))
+            };
+            // The time of day (UTC) a session started: its date only when not today's.
+            let since = |t: &Value| {
+                let s = cell(t);
+                match s.split_once('T') {
+                    Some((day, time)) if day == now.format("%Y-%m-%d").to_string() => {
+                        time.get(..8).unwrap_or(time).to_owned()
+                    }
+                    _ => s,
+                }
+            };
+            let out: Vec<Vec<String>> = v["sessions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| {
+                    vec![
+                        cell(&x["sessionId"]),
+                        cell(&x["userId"]),
+                        cell(&x["feature"]),
+                        cell(&x["deviceId"]),
+                        since(&x["createdAt"]),
+                        ago(&x["lastHeartbeatAt"]),
+                    ]
+                })
+                .collect();
+            format!(
+                "license {}: {} live session(s)\n{}",
+                cell(&v["licenseId"]),
+                out.len(),
+                table(&["SESSION", "USER", "FEATURE", "DEVICE", "SINCE (UTC)", "LAST BEAT"], &out)
+            )
+        }
+        "session-ended" => match v["ended"].as_bool() {
+            Some(true) => format!("ended session {}", cell(&v["sessionId"])),
+            _ => format!("session {} was already over ({})", cell(&v["sessionId"]), cell(&v["reason"])),
+        },
+        "key-rotated" => format!(
+            "new key for license {} (shown once; the old key no longer takes seats):\n{}",
+            cell(&v["licenseId"]),
+            cell(&v["key"])
+        ),
         "admin-token" => format!(
             "token {} for license {} (shown once; store it now):\n{}",
             cell(&v["tokenId"]),

@@ -48,6 +48,7 @@ struct AdminArgs {
     /// The deployment's base URL.
     #[arg(long, env = "SEATKEEPER_API_URL", default_value = "http://127.0.0.1:8004", global = true)]
     api_url: String,
+    /// The admin token: the service-wide one, or a license-scoped one for its own license.
     #[arg(long, env = "SEATKEEPER_ADMIN_TOKEN", hide_env_values = true, global = true)]
     admin_token: Option<String>,
     /// Print the API's JSON answer instead of a table.
@@ -59,15 +60,52 @@ struct AdminArgs {
 
 #[derive(Subcommand)]
 enum AdminVerb {
+    /// Every license, with each feature's limit and live sessions (a page at a time).
+    Licenses {
+        /// Licenses per page, 1 to 500.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Where to start: the `next cursor` the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Who holds a license's seats: its live sessions (user, device, since, last heartbeat).
+    Sessions {
+        /// The license (its id).
+        license: String,
+        /// Only this feature.
+        #[arg(long)]
+        feature: Option<String>,
+    },
+    /// End one session of a license (its holder hears 410 force_ended).
+    EndSession {
+        /// The license (its id).
+        license: String,
+        /// The session's id, as `sessions` prints it.
+        session_id: String,
+    },
+    /// Give a license a new key, printed once; the old key stops taking seats at once.
+    RotateKey {
+        /// The license (its id).
+        license: String,
+    },
     /// End every live session of a user for a feature.
     ForceCleanup {
+        /// The user (its id).
         user: String,
+        /// The feature.
         feature: String,
+        /// Only this license's sessions.
         #[arg(long)]
         license: Option<String>,
     },
     /// Show a user's sessions in the seat store and the ledger side by side.
-    Debug { user: String, feature: String },
+    Debug {
+        /// The user (its id).
+        user: String,
+        /// The feature.
+        feature: String,
+    },
     /// Sweep and reconcile one license now.
     CleanupSessions {
         license: String,
@@ -223,7 +261,17 @@ async fn serve(listen: SocketAddr) -> ExitCode {
     let bound = listener.local_addr().unwrap_or(listen);
     // A closed stdout (a supervisor that reads nothing) must not stop the runner: no println!.
     let _ = writeln!(std::io::stdout(), "seatkeeper serving on http://{bound}");
-    tracing::info!(listen = %bound, max_connections = limits.max_connections, "seatkeeper serving");
+    tracing::info!(
+        listen = %bound,
+        max_connections = limits.max_connections,
+        seat_store = %seatkeeper_core::config::redact_url(&svc.config().redis_url),
+        ledger = %seatkeeper_core::config::redact_url(&svc.config().ledger_url),
+        // The receiver's origin only: its path or query may hold a token.
+        webhooks = %svc.config().webhook.as_ref().map_or("off".to_owned(), |w| {
+            seatkeeper_core::config::redact_url(&w.url.split('/').take(3).collect::<Vec<_>>().join("/"))
+        }),
+        "seatkeeper serving"
+    );
     tokio::spawn(seatkeeper_local::sweep_every(svc.clone(), svc.config().sweep_interval));
     tokio::spawn(seatkeeper_local::drain_history_every(svc.clone(), std::time::Duration::from_secs(30)));
     // A Redis that evicts keys can end live sessions: say so at the start (and /health says so).
@@ -320,6 +368,11 @@ async fn sweep(full: bool, license: Option<String>) -> ExitCode {
         Err(code) => return code,
     };
     let scope = SweepScope { license, full, ..Default::default() };
+    eprintln!(
+        "seatkeeper: sweeping the ledger {} against the seat store {}",
+        seatkeeper_core::config::redact_url(&svc.config().ledger_url),
+        seatkeeper_core::config::redact_url(&svc.config().redis_url)
+    );
     match seatkeeper_local::run_sweep(&svc, &scope).await {
         Some(report) => {
             println!("{}", serde_json::to_string(&report).expect("report"));
@@ -365,8 +418,34 @@ fn license_body(
 }
 
 async fn admin(args: AdminArgs) -> ExitCode {
+    if args.admin_token.as_deref().is_none_or(str::is_empty) {
+        eprintln!("seatkeeper: no admin token: set SEATKEEPER_ADMIN_TOKEN or pass --admin-token");
+        return ExitCode::from(exit::USAGE);
+    }
     let client = Client::new(&args.api_url, args.admin_token.clone());
     let (kind, result) = match args.verb {
+        AdminVerb::Licenses { limit, cursor } => {
+            let q = cursor.map(|c| format!("&cursor={}", enc(&c))).unwrap_or_default();
+            ("licenses", client.call(Method::GET, &format!("/api/licenses?limit={limit}{q}"), None).await)
+        }
+        AdminVerb::Sessions { license, feature } => {
+            let q = feature.map(|f| format!("?feature={}", enc(&f))).unwrap_or_default();
+            ("sessions", client.call(Method::GET, &format!("/api/licenses/{}/sessions{q}", enc(&license)), None).await)
+        }
+        AdminVerb::EndSession { license, session_id } => {
+            let path = format!("/api/licenses/{}/sessions/{}", enc(&license), enc(&session_id));
+            let result = client.call(Method::DELETE, &path, None).await;
+            (
+                "session-ended",
+                result.map(|mut v| {
+                    v["sessionId"] = session_id.into();
+                    v
+                }),
+            )
+        }
+        AdminVerb::RotateKey { license } => {
+            ("key-rotated", client.call(Method::POST, &format!("/api/licenses/{}/key", enc(&license)), None).await)
+        }
         AdminVerb::ForceCleanup { user, feature, license } => {
             let q = license.map(|l| format!("?licenseId={}", enc(&l))).unwrap_or_default();
             let path = format!("/api/licenses/sessions/force-cleanup/{}/{}{q}", enc(&user), enc(&feature));

@@ -177,3 +177,64 @@ ledger_tests!(
     every_license_appears_once_across_the_pages,
     a_rotated_key_stops_taking_seats_everywhere_at_once,
 );
+
+/// The same questions through the CLI, as an operator meets them: who holds the seats, free one,
+/// a new key; tables within 100 columns, and a missing token named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_answers_who_holds_the_seats_and_frees_one() {
+    seatkeeper_tests::bounded(async {
+        let app = TestApp::start(Backend::Sqlite).await;
+        let (license, key) = app.simple_license(json!({"maxSessions": 2})).await;
+        let held = app.create(&key, json!({"userId": "alice", "feature": "f", "deviceId": "laptop"})).await;
+        assert_eq!(held.status, 201);
+        app.create_ok(&key, "bob").await;
+        let cli = |token: Option<&str>, args: &[&str]| {
+            let mut cmd = tokio::process::Command::new(seatkeeper_tests::seatkeeper_bin());
+            cmd.arg("admin").arg("--api-url").arg(&app.base).args(args);
+            cmd.env_remove("SEATKEEPER_API_URL").env_remove("SEATKEEPER_ADMIN_TOKEN");
+            if let Some(t) = token {
+                cmd.env("SEATKEEPER_ADMIN_TOKEN", t);
+            }
+            async move {
+                let out = cmd.output().await.expect("run seatkeeper");
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (out.status.code().expect("exit code"), text(&out.stdout), text(&out.stderr))
+            }
+        };
+        let admin = Some(seatkeeper_tests::ADMIN_TOKEN);
+        let narrow =
+            |out: &str| assert!(out.lines().all(|l| l.chars().count() <= 100), "wider than 100 columns:\n{out}");
+
+        let (code, _, err) = cli(None, &["sessions", &license]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("SEATKEEPER_ADMIN_TOKEN") && err.contains("--admin-token"), "{err}");
+
+        let (code, out, err) = cli(admin, &["licenses", "--limit", "500"]).await;
+        assert_eq!(code, 0, "{err}");
+        let row = out.lines().find(|l| l.starts_with(license.as_str())).unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(row.split_whitespace().collect::<Vec<_>>(), [license.as_str(), "f", "2", "2"], "{out}");
+        narrow(&out);
+
+        let (code, out, err) = cli(admin, &["sessions", &license]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("2 live session(s)"), "{out}");
+        let sid = held.body["sessionId"].as_str().unwrap();
+        let line = out.lines().find(|l| l.starts_with(sid)).unwrap_or_else(|| panic!("{out}"));
+        assert!(line.contains("alice") && line.contains("laptop") && line.contains("s ago"), "{line}");
+        narrow(&out);
+
+        let (code, out, err) = cli(admin, &["end-session", &license, sid]).await;
+        assert_eq!((code, out.trim()), (0, format!("ended session {sid}").as_str()), "{err}");
+        assert_eq!(app.heartbeat(held.body["sessionToken"].as_str().unwrap()).await.status, 410);
+        let (code, out, _) = cli(admin, &["end-session", &license, sid]).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("already over (force_ended)"), "{out}");
+
+        let (code, out, err) = cli(admin, &["rotate-key", &license]).await;
+        assert_eq!(code, 0, "{err}");
+        let new_key = out.lines().nth(1).unwrap_or_default().trim().to_owned();
+        assert_eq!(app.create(&new_key, json!({"userId": "carol", "feature": "f"})).await.status, 201, "{out}");
+        app.create(&key, json!({"userId": "dave", "feature": "f"})).await.expect_error(401, "unauthorized");
+    })
+    .await
+}

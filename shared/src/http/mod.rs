@@ -557,7 +557,7 @@ pub fn with_cors(svc: &Service, origin: Option<&HeaderValue>, mut resp: Response
 
 /// One line per request: at `debug` for answers the contract expects (a heartbeat costs a few
 /// microseconds of CPU, a log line about as much again), at `warn` when a store failed.
-fn log_request(route: &str, status: StatusCode, started: Instant) {
+fn log_request(route: &'static str, status: StatusCode, started: Instant) {
     crate::metrics::metrics().request(route, status.as_u16(), started.elapsed());
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status.is_server_error() {

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use lambda_http::{service_fn, Error, Request};
 use lambda_runtime::{Diagnostic, LambdaEvent};
-use seatkeeper_core::http::{handle, Op};
+use seatkeeper_core::domain::now_ms;
+use seatkeeper_core::http::{handle, Op, ROUTES};
+use seatkeeper_core::metrics::request_emf_line;
 use seatkeeper_core::ops::sweep::{SweepReport, SweepScope};
 use seatkeeper_core::{telemetry, Config, Service};
 use serde_json::Value;
@@ -30,13 +32,17 @@ pub async fn service() -> Result<Arc<Service>, Error> {
 /// waits in Redis for the next request on that license or the sweeper.
 pub const HISTORY_BUDGET: std::time::Duration = std::time::Duration::from_millis(150);
 
-/// Serves one route of the core's route table under the Lambda runtime.
+/// Serves one route of the core's route table under the Lambda runtime; logs one CloudWatch
+/// Embedded Metric Format line per request (route, latency, refusals, store errors).
 pub async fn serve(op: Op) -> Result<(), Error> {
     let svc = service().await?;
+    let route = ROUTES.iter().find(|r| r.op == op).map_or("unknown", |r| r.operation_id);
     lambda_http::run_concurrent(service_fn(move |req: Request| {
         let svc = Arc::clone(&svc);
         async move {
+            let started = std::time::Instant::now();
             let response = handle(&svc, op, req).await;
+            println!("{}", request_emf_line(route, response.status().as_u16(), started.elapsed(), now_ms()));
             // No work survives the answer on Lambda (the instance freezes): the history goes now.
             svc.flush_history(HISTORY_BUDGET).await;
             Ok::<_, Infallible>(response)
@@ -85,7 +91,7 @@ pub async fn sweep(svc: &Service) -> Result<Value, Diagnostic> {
         error_type: "SweepFailed".into(),
         error_message: format!("the sweep could not run: {e}"),
     })?;
-    println!("{}", report.emf_line(seatkeeper_core::domain::now_ms()));
+    println!("{}", report.emf_line(now_ms()));
     if report.failed_slots > 0 {
         tracing::error!(?report, "sweep incomplete");
         return Err(SweepIncomplete(report).into());

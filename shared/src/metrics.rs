@@ -178,9 +178,59 @@ impl Metrics {
     }
 }
 
+/// One CloudWatch Embedded Metric Format line for a request a Lambda function answered: what
+/// `/metrics` counts in the runner, for CloudWatch (a metric per log line, no agent), by route.
+pub fn request_emf_line(route: &str, status: u16, took: Duration, now_ms: i64) -> String {
+    let metric = |name: &str, unit: &str| serde_json::json!({"Name": name, "Unit": unit});
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": now_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "seatkeeper",
+                "Dimensions": [["route"]],
+                "Metrics": [
+                    metric("Requests", "Count"),
+                    metric("Latency", "Milliseconds"),
+                    metric("LimitRefusals", "Count"),
+                    metric("StoreErrors", "Count"),
+                ],
+            }],
+        },
+        "route": route,
+        "status": status,
+        "Requests": 1,
+        "Latency": took.as_secs_f64() * 1000.0,
+        "LimitRefusals": u8::from(status == 409),
+        "StoreErrors": u8::from(status == 503),
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_one_emf_line_by_route() {
+        let v: serde_json::Value =
+            serde_json::from_str(&request_emf_line("createSession", 409, Duration::from_millis(4), 7)).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 7);
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["route"]]));
+        let names: Vec<&str> = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        for name in &names {
+            assert!(v.get(*name).is_some(), "every metric named has a value: {name}");
+        }
+        assert_eq!(
+            (v["route"].as_str(), v["LimitRefusals"].as_u64(), v["StoreErrors"].as_u64()),
+            (Some("createSession"), Some(1), Some(0))
+        );
+        assert!((v["Latency"].as_f64().unwrap() - 4.0).abs() < 1e-9);
+    }
 
     #[test]
     fn names_follow_prometheus_conventions() {

@@ -913,12 +913,15 @@ async fn cli_admin_verbs_against_the_local_runner() {
     assert_eq!(stats["features"]["f"]["forceEnded"], 2, "{stats}");
 
     // Refused by the API: exit 1 with the reason on stderr.
-    for token in [Some("wrong-token"), None] {
-        let r = cli(&app.base, token, &["stats", license]).await;
-        assert_eq!(r.code, 1, "stdout {} stderr {}", r.stdout, r.stderr);
-        assert!(r.stderr.contains("401") && r.stderr.contains("unauthorized"), "{}", r.stderr);
-        assert!(r.stdout.is_empty(), "{}", r.stdout);
-    }
+    let r = cli(&app.base, Some("wrong-token"), &["stats", license]).await;
+    assert_eq!(r.code, 1, "stdout {} stderr {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("401") && r.stderr.contains("unauthorized"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    // No token at all: a usage error (exit 2) that says where a token comes from.
+    let r = cli(&app.base, None, &["stats", license]).await;
+    assert_eq!(r.code, 2, "stdout {} stderr {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("SEATKEEPER_ADMIN_TOKEN") && r.stderr.contains("--admin-token"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
     let r = cli(&app.base, Some(ADMIN_TOKEN), &["stats", "no-such-license"]).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("404"), "{}", r.stderr);

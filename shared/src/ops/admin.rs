@@ -124,8 +124,9 @@ impl Service {
                     ended.push(entry.session_id.clone());
                 }
             }
-            // Their ends are in the outbox: into the ledger (and the webhooks' queue) now.
-            self.outbox.drain(&slot).await?;
+            // Their ends are in the outbox: into the ledger (and the webhooks' queue) now, or as
+            // soon as the ledger takes them.
+            self.outbox.drain_after_change(&slot).await;
             // Rows the ledger still holds active without a live seat end too: nothing stays stuck.
             let stuck = rows.iter().filter(|r| {
                 r.status == ACTIVE && r.license_id == slot.license.as_str() && !seen.contains(&r.session_id)

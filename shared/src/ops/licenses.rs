@@ -148,9 +148,9 @@ impl Service {
             let slot = Slot { license: id.clone(), feature: feature.clone() };
             match self.seats.end(&slot, session_id, None, EndReason::ForceEnded).await? {
                 EndOutcome::Ended { .. } => {
-                    // The seat is free and its end in the outbox; the ledger (and the webhook that
-                    // tells of it) learn it now, or the operator hears of it.
-                    self.outbox.drain(&slot).await?;
+                    // The seat is free and its end in the outbox: the ledger (and the webhook that
+                    // tells of it) learn it now, or as soon as the ledger takes it.
+                    self.outbox.drain_after_change(&slot).await;
                     return Ok(None);
                 }
                 EndOutcome::Over(reason) => return Ok(Some(reason)),

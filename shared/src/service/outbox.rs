@@ -184,6 +184,16 @@ impl Outbox {
         Ok(())
     }
 
+    /// After a change that has been made (a seat freed): moves the slot's history now if the
+    /// ledger takes it, else leaves it to the writers. Never an error: the change is done and its
+    /// history safe in Redis, so the caller must not answer as if nothing happened.
+    pub async fn drain_after_change(&self, slot: &Slot) {
+        if let Err(e) = self.drain(slot).await {
+            tracing::warn!(error = %e, license = %slot.license, feature = %slot.feature, "history waits in the outbox for the ledger");
+            self.nudge(slot);
+        }
+    }
+
     /// Drains the slots this process wrote to, within `budget` (a function before it returns).
     /// What is left (the ledger away, or the budget spent) stays in Redis for the next request,
     /// writer or sweep; returns whether everything went.

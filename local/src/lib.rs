@@ -206,8 +206,12 @@ async fn handle(svc: &Service, req: hyper::Request<Incoming>, body_timeout: Dura
                 };
                 let req = Request::from_parts(parts, body);
                 // The runner's own route: one process's counters (see `seatkeeper_core::metrics`).
-                if req.uri().path() == "/metrics" && matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+                let read = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+                if read && req.uri().path() == "/metrics" {
                     with_cors(svc, origin.as_ref(), seatkeeper_core::http::metrics(svc, &req).await)
+                } else if read && seatkeeper_core::http::is_console(req.uri().path()) {
+                    // The console: static pages that call the API with the operator's token.
+                    seatkeeper_core::http::console(req.uri().path())
                 } else {
                     dispatch(svc, req).await
                 }

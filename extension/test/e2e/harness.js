@@ -220,9 +220,10 @@ export async function referenceCopy(config) {
 
 /** Headless Chromium with the extension loaded, driven over the DevTools protocol on a pipe. */
 export class Browser {
+  /** `extDir`: an unpacked extension to load; without one, a plain browser (the console's tests). */
   constructor({ extDir, profileDir }) {
     Object.assign(this, { extDir, profileDir });
-    this.extId = extensionId(extDir);
+    this.extId = extDir ? extensionId(extDir) : null;
     this.nextId = 0;
     this.pending = new Map();
     this.child = null;
@@ -244,8 +245,8 @@ export class Browser {
       '--disable-component-update',
       '--disable-sync',
       `--user-data-dir=${this.profileDir}`,
-      `--load-extension=${this.extDir}`,
-      `--disable-extensions-except=${this.extDir}`,
+      ...(this.extDir ? [`--load-extension=${this.extDir}`, `--disable-extensions-except=${this.extDir}`] : []),
+      '--window-size=1280,900',
       '--remote-debugging-pipe',
       '--enable-logging=stderr',
       'about:blank',
@@ -369,6 +370,28 @@ export class Browser {
       close: () => this.send('Target.closeTarget', { targetId }),
     };
     await waitFor('the app page to load', async () => (await page.eval('document.readyState')) === 'complete', { timeoutMs: 10000 });
+    return page;
+  }
+
+  /** Opens `url` in a new tab; a handle to evaluate in it and to save screenshots of it. */
+  async openPage(url) {
+    const { targetId } = await this.send('Target.createTarget', { url });
+    const { sessionId } = await this.send('Target.attachToTarget', { targetId, flatten: true });
+    const page = {
+      targetId,
+      eval: async (expression) => {
+        const r = await this.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true }, sessionId);
+        if (r.exceptionDetails) throw new Error(`eval: ${r.exceptionDetails.exception?.description ?? r.exceptionDetails.text}`);
+        return r.result.value;
+      },
+      /** A PNG of the page, written to `file`. */
+      screenshot: async (file) => {
+        const { data } = await this.send('Page.captureScreenshot', { format: 'png' }, sessionId);
+        await writeFile(file, Buffer.from(data, 'base64'));
+      },
+      close: () => this.send('Target.closeTarget', { targetId }),
+    };
+    await waitFor(`${url} to load`, async () => (await page.eval('document.readyState')) === 'complete', { timeoutMs: 10000 });
     return page;
   }
 

@@ -16,6 +16,9 @@ use crate::service::{CreateSession, PutLicense, Service};
 use crate::token;
 
 mod admin;
+mod console;
+
+pub use console::{console, is_console};
 
 /// Request bodies larger than this get `413 payload_too_large`.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

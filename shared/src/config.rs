@@ -133,8 +133,15 @@ impl WebhookConfig {
             (None, Some(_)) => Err("SEATKEEPER_WEBHOOK_SECRET is set but SEATKEEPER_WEBHOOK_URL is not".into()),
             (Some(url), Some(secret)) => {
                 let url = url.trim().to_owned();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(format!("SEATKEEPER_WEBHOOK_URL must be an http:// or https:// URL, not {url:?}"));
+                let parsed = url.parse::<lambda_http::http::Uri>().ok();
+                let web = parsed.as_ref().is_some_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+                });
+                if !web {
+                    return Err(format!(
+                        "SEATKEEPER_WEBHOOK_URL must be an http:// or https:// URL with a host, not {:?}",
+                        redact_url(&url)
+                    ));
                 }
                 let secrets =
                     WebhookSecret::parse_list(&secret).map_err(|e| format!("SEATKEEPER_WEBHOOK_SECRET: {e}"))?;
@@ -287,6 +294,14 @@ mod tests {
             "WebhookSecret(***)"
         );
         assert!(config(&[("SEATKEEPER_WEBHOOK_URL", "http://x")]).is_err(), "a URL without a secret");
+        let secret = ("SEATKEEPER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        for bad in ["http://exa mple.com/", "https://", "hooks.example.com/x", "ftp://hooks.example.com/"] {
+            assert!(config(&[("SEATKEEPER_WEBHOOK_URL", bad), secret]).is_err(), "{bad} taken");
+        }
+        assert!(config(&[("SEATKEEPER_WEBHOOK_URL", "https://hooks.example.com/seatkeeper?k=1"), secret])
+            .unwrap()
+            .webhook
+            .is_some());
     }
 
     #[test]

@@ -45,6 +45,7 @@ test('an operator watches a session appear, ends it from the page, and the seat 
   const license = `console-${process.pid}`;
   const key = await server.license(license, { maxSessions: 2, leaseTtlSeconds: 60, heartbeatIntervalSeconds: 20 });
   const page = await browser.openPage(`${server.url}/admin`);
+  await waitFor('the console script to start', () => page.eval(`document.body.dataset.ready === 'true'`));
   // Anything the policy blocked would show here as a security-policy violation.
   await page.eval(`window.__violations = []; document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.violatedDirective)); true`);
 
@@ -53,7 +54,13 @@ test('an operator watches a session appear, ends it from the page, and the seat 
     document.getElementById('sign-in').requestSubmit();
     return true;
   })()`);
-  await waitFor('the license list', () => page.eval(`!!document.querySelector('#license-rows tr[data-license=${JSON.stringify(license)}]')`));
+  let said = '';
+  await waitFor('the license list', async () => {
+    said = await page.eval(`document.getElementById('message').textContent`);
+    return page.eval(`!!document.querySelector('#license-rows tr[data-license=${JSON.stringify(license)}]')`);
+  }).catch((err) => {
+    throw new Error(`${err.message}; the page said: ${JSON.stringify(said)}`);
+  });
   assert.equal(await page.eval(`document.getElementById('token').value`), '', 'the token field is emptied');
   assert.equal(await page.eval(`location.href.includes(${JSON.stringify(ADMIN_TOKEN)})`), false, 'no token in the URL');
   assert.equal(await page.eval(`localStorage.length + sessionStorage.length + document.cookie.length`), 0, 'nothing stored');

@@ -391,7 +391,9 @@ export class Browser {
       },
       close: () => this.send('Target.closeTarget', { targetId }),
     };
-    await waitFor(`${url} to load`, async () => (await page.eval('document.readyState')) === 'complete', { timeoutMs: 10000 });
+    // A new target starts on about:blank, whose readyState is 'complete' too: wait for the page itself.
+    const loaded = `location.href !== 'about:blank' && document.readyState === 'complete'`;
+    await waitFor(`${url} to load`, () => page.eval(loaded), { timeoutMs: 10000 });
     return page;
   }
 

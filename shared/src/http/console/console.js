@@ -107,7 +107,6 @@
     } catch (err) {
       if (err.status === 403 && !scopedLicense) say('This token is scoped to one license: give its id too.', true);
       else fail(err);
-      if (err.status !== 401) token = token ?? null;
     }
   }
 
@@ -251,5 +250,6 @@
     $('end-user').addEventListener('click', () => endUser().catch(fail));
     $('usage-feature').addEventListener('change', () => drawUsage().catch(fail));
     show('sign-in');
+    document.body.dataset.ready = 'true';
   });
 })();

@@ -527,6 +527,9 @@ async fn peak_counts_live_leases_only(b: Backend) {
     let (license, key) = app.simple_license(json!({"maxSessions": 3})).await;
     for user in ["u1", "u2", "u3"] {
         let s = app.create_ok(&key, user).await;
+        // Live for a few milliseconds, then run out 1 ms ago: a create that waits on nothing
+        // could otherwise lapse within its own millisecond and never have been live at all.
+        tokio::time::sleep(Duration::from_millis(10)).await;
         app.lapse_seat(&license, "f", &sid(&s), 1).await;
     }
     let stats = app.admin(Method::GET, &format!("/api/licenses/{license}/session-stats"), None).await;

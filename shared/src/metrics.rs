@@ -178,32 +178,45 @@ impl Metrics {
     }
 }
 
-/// One CloudWatch Embedded Metric Format line for a request a Lambda function answered: what
-/// `/metrics` counts in the runner, for CloudWatch (a metric per log line, no agent), by route.
-pub fn request_emf_line(route: &str, status: u16, took: Duration, now_ms: i64) -> String {
-    let metric = |name: &str, unit: &str| serde_json::json!({"Name": name, "Unit": unit});
-    serde_json::json!({
+/// One CloudWatch Embedded Metric Format line (metrics from a log line, no agent needed):
+/// `metrics` as (name, unit, value) in namespace `seatkeeper`, with `dimensions` as (name, value).
+pub fn emf_line(
+    now_ms: i64,
+    dimensions: &[(&str, serde_json::Value)],
+    metrics: &[(&str, &str, serde_json::Value)],
+) -> String {
+    let mut line = serde_json::json!({
         "_aws": {
             "Timestamp": now_ms,
             "CloudWatchMetrics": [{
                 "Namespace": "seatkeeper",
-                "Dimensions": [["route"]],
-                "Metrics": [
-                    metric("Requests", "Count"),
-                    metric("Latency", "Milliseconds"),
-                    metric("LimitRefusals", "Count"),
-                    metric("StoreErrors", "Count"),
-                ],
+                "Dimensions": [dimensions.iter().map(|(d, _)| *d).collect::<Vec<_>>()],
+                "Metrics": metrics.iter().map(|(name, unit, _)| serde_json::json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
             }],
         },
-        "route": route,
-        "status": status,
-        "Requests": 1,
-        "Latency": took.as_secs_f64() * 1000.0,
-        "LimitRefusals": u8::from(status == 409),
-        "StoreErrors": u8::from(status == 503),
-    })
-    .to_string()
+    });
+    for (name, value) in dimensions {
+        line[*name] = value.clone();
+    }
+    for (name, _, value) in metrics {
+        line[*name] = value.clone();
+    }
+    line.to_string()
+}
+
+/// The EMF line for a request a Lambda function answered: what `/metrics` counts in the runner,
+/// for CloudWatch, by route (each instance would count alone).
+pub fn request_emf_line(route: &str, status: u16, took: Duration, now_ms: i64) -> String {
+    emf_line(
+        now_ms,
+        &[("route", route.into())],
+        &[
+            ("Requests", "Count", 1.into()),
+            ("Latency", "Milliseconds", (took.as_secs_f64() * 1000.0).into()),
+            ("LimitRefusals", "Count", u8::from(status == 409).into()),
+            ("StoreErrors", "Count", u8::from(status == 503).into()),
+        ],
+    )
 }
 
 #[cfg(test)]

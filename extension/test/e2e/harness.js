@@ -345,17 +345,24 @@ export class Browser {
     await waitFor('the worker to stop', async () => !(await this.worker()), { timeoutMs: 5000, intervalMs: 100 });
   }
 
+  /** A new tab on `url`, attached: its target, session, and an `eval` in it. */
+  async newTab(url) {
+    const { targetId } = await this.send('Target.createTarget', { url });
+    const { sessionId } = await this.send('Target.attachToTarget', { targetId, flatten: true });
+    const evaluate = async (expression) => {
+      const r = await this.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true }, sessionId);
+      if (r.exceptionDetails) throw new Error(`eval: ${r.exceptionDetails.exception?.description ?? r.exceptionDetails.text}`);
+      return r.result.value;
+    };
+    return { targetId, sessionId, evaluate };
+  }
+
   /** Opens the extension's app page in a new tab; returns a handle to evaluate in it. */
   async openApp() {
-    const { targetId } = await this.send('Target.createTarget', { url: `chrome-extension://${this.extId}/app.html` });
-    const { sessionId } = await this.send('Target.attachToTarget', { targetId, flatten: true });
+    const { targetId, evaluate } = await this.newTab(`chrome-extension://${this.extId}/app.html`);
     const page = {
       targetId,
-      eval: async (expression) => {
-        const r = await this.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true }, sessionId);
-        if (r.exceptionDetails) throw new Error(`eval: ${r.exceptionDetails.exception?.description ?? r.exceptionDetails.text}`);
-        return r.result.value;
-      },
+      eval: evaluate,
       /** What the page shows: state, message, session id, retry time, and the worker's status. */
       view: () =>
         page.eval(`(async () => ({
@@ -375,15 +382,10 @@ export class Browser {
 
   /** Opens `url` in a new tab; a handle to evaluate in it and to save screenshots of it. */
   async openPage(url) {
-    const { targetId } = await this.send('Target.createTarget', { url });
-    const { sessionId } = await this.send('Target.attachToTarget', { targetId, flatten: true });
+    const { targetId, sessionId, evaluate } = await this.newTab(url);
     const page = {
       targetId,
-      eval: async (expression) => {
-        const r = await this.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true }, sessionId);
-        if (r.exceptionDetails) throw new Error(`eval: ${r.exceptionDetails.exception?.description ?? r.exceptionDetails.text}`);
-        return r.result.value;
-      },
+      eval: evaluate,
       /** A PNG of the page, written to `file`. */
       screenshot: async (file) => {
         const { data } = await this.send('Page.captureScreenshot', { format: 'png' }, sessionId);

@@ -94,29 +94,17 @@ impl SweepReport {
 
     /// One CloudWatch Embedded Metric Format line: metrics from a log line, no agent needed.
     pub fn emf_line(&self, now_ms: i64) -> String {
-        let metric = |name: &str, unit: &str| serde_json::json!({"Name": name, "Unit": unit});
-        serde_json::json!({
-            "_aws": {
-                "Timestamp": now_ms,
-                "CloudWatchMetrics": [{
-                    "Namespace": "seatkeeper",
-                    "Dimensions": [[]],
-                    "Metrics": [
-                        metric("Expired", "Count"),
-                        metric("OrphansRemoved", "Count"),
-                        metric("Repaired", "Count"),
-                        metric("FailedSlots", "Count"),
-                        metric("SweepDuration", "Milliseconds"),
-                    ],
-                }],
-            },
-            "Expired": self.expired,
-            "OrphansRemoved": self.orphans_removed(),
-            "Repaired": self.repaired,
-            "FailedSlots": self.failed_slots,
-            "SweepDuration": self.duration_ms,
-        })
-        .to_string()
+        crate::metrics::emf_line(
+            now_ms,
+            &[],
+            &[
+                ("Expired", "Count", self.expired.into()),
+                ("OrphansRemoved", "Count", self.orphans_removed().into()),
+                ("Repaired", "Count", self.repaired.into()),
+                ("FailedSlots", "Count", self.failed_slots.into()),
+                ("SweepDuration", "Milliseconds", self.duration_ms.into()),
+            ],
+        )
     }
 }
 

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::domain::{now_ms, EndReason, Ident, Slot};
 use crate::error::{Error, Result};
-use crate::ledger::{peak_overlap, FeatureStats, SessionEnd, SessionRow, ACTIVE};
+use crate::ledger::{peak_overlap, FeatureStats, SessionEnd, SessionRow, SessionSpan, ACTIVE};
 use crate::ops::sweep::{SweepReport, SweepScope};
-use crate::seats::EndOutcome;
+use crate::seats::{EndOutcome, SlotSnapshot};
 use crate::service::Service;
 
 /// Most sessions the debug view lists: the live ones always, then the newest ended ones.
@@ -276,20 +276,7 @@ impl Service {
                 .filter(|(minute, _)| minute + 60_000 > since)
                 .map(|(_, n)| n)
                 .sum::<u64>();
-            // A session the ledger still holds active lasted until its lease ran out, which the
-            // seat store knows (the ledger learns it only at the next sweep).
-            let lease: HashMap<&str, i64> =
-                snapshot.entries.iter().map(|e| (e.session_id.as_str(), e.expires_ms)).collect();
-            let spans: Vec<(i64, i64)> = s
-                .spans
-                .iter()
-                .map(|sp| {
-                    let end = sp
-                        .end_ms
-                        .unwrap_or_else(|| lease.get(sp.session_id.as_str()).copied().unwrap_or(sp.expires_ms));
-                    (sp.created_ms, end.min(now))
-                })
-                .collect();
+            let spans = lived_spans(&s.spans, &snapshot, now);
             // The window's peak is at least what is live now.
             let peak_active = peak_overlap(&spans, since).max(active);
             let finished: Vec<i64> = s
@@ -310,4 +297,18 @@ impl Service {
         }
         Ok(out)
     }
+}
+
+/// When each session was live, as (start, end) ms up to `now`. A session the ledger still holds
+/// active lasted until its lease ran out, which the seat store knows (the ledger learns it only
+/// at the next sweep).
+pub(crate) fn lived_spans(spans: &[SessionSpan], snapshot: &SlotSnapshot, now: i64) -> Vec<(i64, i64)> {
+    let lease: HashMap<&str, i64> = snapshot.entries.iter().map(|e| (e.session_id.as_str(), e.expires_ms)).collect();
+    spans
+        .iter()
+        .map(|sp| {
+            let end = sp.end_ms.unwrap_or_else(|| lease.get(sp.session_id.as_str()).copied().unwrap_or(sp.expires_ms));
+            (sp.created_ms, end.min(now))
+        })
+        .collect()
 }

@@ -6,8 +6,6 @@
 //! until it is deleted by hand (nothing prunes them); DynamoDB's TTL removes ended sessions and
 //! events after `ledger::dynamo::RETENTION_DAYS`.
 
-use std::collections::HashMap;
-
 use crate::domain::{now_ms, Ident, Slot};
 use crate::error::{Error, Result};
 use crate::service::Service;
@@ -133,20 +131,7 @@ impl Service {
         let history = self.ledger.usage(&slot, from_ms, to_ms).await?;
         let snapshot = self.seats.snapshot(&slot).await?;
         let now = snapshot.now_ms.max(now_ms());
-        // A row the ledger holds active counts until now while its lease lives (the seat store
-        // knows the lease; the ledger learns of its end at the next sweep).
-        let lease: HashMap<&str, i64> =
-            snapshot.entries.iter().map(|e| (e.session_id.as_str(), e.expires_ms)).collect();
-        let spans: Vec<(i64, i64)> = history
-            .spans
-            .iter()
-            .map(|sp| {
-                let end = sp
-                    .end_ms
-                    .unwrap_or_else(|| lease.get(sp.session_id.as_str()).copied().unwrap_or(sp.expires_ms).min(now));
-                (sp.created_ms, end)
-            })
-            .collect();
+        let spans = super::admin::lived_spans(&history.spans, &snapshot, now);
         let mut rejections = history.rejections;
         // Refusals the sweep has not moved to the ledger yet.
         rejections.extend(self.seats.rejections(&slot).await?.into_iter().filter(|(m, _)| *m >= from_ms && *m < to_ms));
